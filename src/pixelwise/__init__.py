@@ -1,0 +1,14 @@
+"""pixelwise: image segmentation on PyTorch.
+
+Models (``pixelwise.Unet``, ``pixelwise.FCN8s``, ... or ``pixelwise.create_model(arch, ...)``)
+are plain ``nn.Module``s mapping ``[N, in_channels, H, W]`` images to ``[N, classes, H, W]``
+class scores for any H and W.
+"""
+
+__version__ = "0.1.0"
+
+from pixelwise.errors import ConfigError, InputSizeError, PixelwiseError, WeightsError  # noqa: E402
+from pixelwise.models import *  # noqa: E402,F403
+from pixelwise.models import __all__ as _models_all  # noqa: E402
+
+__all__ = ["ConfigError", "InputSizeError", "PixelwiseError", "WeightsError", "__version__", *_models_all]

@@ -1,0 +1,171 @@
+"""The ``pixelwise`` command line: ``pixelwise --help`` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+
+from pixelwise.errors import PixelwiseError
+
+COMMON_OPTIONS = {"encoder_name", "encoder_depth", "encoder_weights", "encoder_freeze", "in_channels", "classes", "activation"}
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print the architectures with their default encoder and their own options."""
+    import timm
+
+    from pixelwise.models import get_model_class, list_models
+    from pixelwise.models.registry import model_options
+
+    if args.encoders is not None:
+        names = timm.list_models(args.encoders or "*")
+        print("\n".join(names) if names else f"no timm encoder matches {args.encoders!r}")
+        return 0
+    rows = []
+    for arch in list_models():
+        options = model_options(arch)
+        own = [f"{k}={v!r}" for k, v in options.items() if k not in COMMON_OPTIONS]
+        cls = get_model_class(arch)
+        rows.append([arch, cls.__name__, str(options.get("encoder_name", "-")), ", ".join(own)])
+    print(_table(rows, ["arch", "class", "default encoder", "architecture options"]))
+    print(
+        "\nEvery architecture also takes in_channels, classes, activation and (except unet2015) "
+        "encoder_name, encoder_depth, encoder_weights, encoder_freeze.\n"
+        "Encoders: any timm model with feature_info; list them with `pixelwise models --encoders 'resnet*'`."
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print versions, the compute device and thread settings."""
+    import numpy
+    import timm
+    import torch
+    import torchvision
+
+    import pixelwise
+
+    if torch.cuda.is_available():
+        device = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        device = f"cuda ({device})"
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        device = "mps"
+    else:
+        device = "cpu"
+    rows = [
+        ["pixelwise", pixelwise.__version__],
+        ["python", platform.python_version()],
+        ["torch", torch.__version__],
+        ["torchvision", torchvision.__version__],
+        ["timm", timm.__version__],
+        ["numpy", numpy.__version__],
+        ["platform", platform.platform()],
+        ["device", device],
+        ["cpu capability", torch.backends.cpu.get_cpu_capability()],
+        ["cpu cores", str(os.cpu_count())],
+        ["torch threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op"],
+    ]
+    print(_table(rows, ["item", "value"]))
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: give N or HxW, e.g. 512 or 384x512")
+    return (parts[0], parts[-1])
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Build a model and time forward passes on random input."""
+    import torch
+
+    from pixelwise.models import create_model
+
+    options = {"classes": args.classes, "in_channels": args.in_channels}
+    if args.encoder:
+        options["encoder_name"] = args.encoder
+    model = create_model(args.model, **options).eval()
+    height, width = args.size
+    x = torch.randn(args.batch_size, args.in_channels, height, width)
+    times = []
+    with torch.inference_mode():
+        model(x)  # warm-up
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            y = model(x)
+            times.append(time.perf_counter() - start)
+    params = sum(p.numel() for p in model.parameters())
+    times.sort()
+    median = times[len(times) // 2]
+    print(
+        f"{type(model).__name__}({model.config.get('encoder_name', '')}) params={params / 1e6:.2f}M "
+        f"input={list(x.shape)} output={list(y.shape)} "
+        f"forward median={median * 1e3:.1f} ms over {args.runs} runs ({torch.get_num_threads()} threads)"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixelwise",
+        description="Image segmentation on PyTorch: models, training, metrics and tiled inference.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    models = commands.add_parser("models", help="list the architectures and their options")
+    models.add_argument(
+        "--encoders", nargs="?", const="", metavar="PATTERN", help="list timm encoder names instead (e.g. 'resnet*')"
+    )
+    models.set_defaults(func=cmd_models)
+
+    info = commands.add_parser("info", help="print versions, device and thread settings")
+    info.set_defaults(func=cmd_info)
+
+    bench = commands.add_parser("bench", help="time forward passes of a model on random input")
+    bench.add_argument("--model", default="unet", help="architecture name (see `pixelwise models`)")
+    bench.add_argument("--encoder", default=None, help="timm encoder name (default: the architecture's)")
+    bench.add_argument("--size", type=_parse_size, default=(512, 512), help="input size N or HxW (default 512)")
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--in-channels", type=int, default=3)
+    bench.add_argument("--classes", type=int, default=2)
+    bench.add_argument("--runs", type=int, default=5)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _version() -> str:
+    from pixelwise import __version__
+
+    return f"pixelwise {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except PixelwiseError as error:
+        print(f"pixelwise {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

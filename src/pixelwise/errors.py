@@ -1,0 +1,44 @@
+"""Error types raised for bad user input, and the "did you mean" helper they share."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PixelwiseError(Exception):
+    """Base class of every error pixelwise raises on purpose for bad input."""
+
+
+class ConfigError(PixelwiseError, ValueError):
+    """An option, name or value that pixelwise cannot accept (names the option and the fix)."""
+
+
+class InputSizeError(PixelwiseError, ValueError):
+    """An input tensor whose shape the model cannot take."""
+
+
+class WeightsError(PixelwiseError, OSError):
+    """Weights that cannot be loaded: missing, unreachable, corrupt or mismatched."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` entries of ``choices`` that look most like ``name``."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)
+    if not hits:  # fall back to substring matches: "resnet" -> resnet18, resnet34, ...
+        hits = [c for c in lowered if name.lower() in c][:n]
+    return [lowered[h] for h in hits]
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -> ConfigError:
+    """Build the error for an unknown ``kind`` called ``name``, naming the closest valid choices."""
+    choices = list(choices)
+    close = closest(name, choices)
+    if close:
+        message = f"unknown {kind} {name!r}; did you mean {', '.join(map(repr, close))}?"
+    else:
+        shown = ", ".join(map(repr, choices[:12])) + (", ..." if len(choices) > 12 else "")
+        message = f"unknown {kind} {name!r}; valid choices: {shown}."
+    return ConfigError(message + (f" {hint}" if hint else ""))

@@ -1,0 +1,164 @@
+"""Building blocks shared by several architectures: conv blocks, upsampling, heads, activations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pixelwise.errors import ConfigError, unknown_name
+
+UPSAMPLING_MODES = ("bilinear", "nearest", "transposed", "pixelshuffle")
+ACTIVATIONS = ("identity", "sigmoid", "softmax", "logsoftmax", "tanh")
+
+
+class ConvBnAct(nn.Sequential):
+    """``Conv2d → BatchNorm2d → ReLU`` with "same" padding (``padding=0`` gives a valid convolution).
+
+    With ``use_batchnorm=False`` the convolution gets a bias and no normalisation, which is what
+    branches that see a 1×1 map need: BatchNorm cannot train on one value per channel.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        use_batchnorm: bool = True,
+        activation: bool = True,
+    ) -> None:
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=not use_batchnorm)
+        ]
+        if use_batchnorm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        if activation:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> torch.Tensor:
+    """Weights ``[in, out, k, k]`` of a transposed convolution that performs bilinear upsampling.
+
+    Channel ``c`` maps only to channel ``c`` (a diagonal), as in the FCN paper's initialisation.
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    grid = torch.arange(kernel_size, dtype=torch.float32)
+    profile = 1 - (grid - center).abs() / factor
+    kernel = profile[:, None] * profile[None, :]
+    weight = torch.zeros(in_channels, out_channels, kernel_size, kernel_size)
+    for c in range(min(in_channels, out_channels)):
+        weight[c, c] = kernel
+    return weight
+
+
+class BilinearTransposedUpsample(nn.ConvTranspose2d):
+    """Transposed convolution upsampling by an integer ``factor``, initialised to bilinear interpolation.
+
+    Kernel ``2·factor``, stride ``factor``: the output is exactly ``factor`` times the input size.
+    With ``learnable=False`` the weights stay fixed (the FCN paper's final upsampling layer).
+
+    Shape: ``[N, C, H, W] → [N, C_out, factor·H, factor·W]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, factor: int = 2, learnable: bool = True):
+        out_channels = out_channels or in_channels
+        kernel = 2 * factor - factor % 2
+        super().__init__(in_channels, out_channels, kernel, stride=factor, padding=(kernel - factor + 1) // 2, bias=False)
+        with torch.no_grad():
+            self.weight.copy_(bilinear_kernel(in_channels, out_channels, kernel))
+        self.weight.requires_grad_(learnable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = super().forward(x)
+        size = (x.shape[-2] * self.stride[0], x.shape[-1] * self.stride[1])
+        return out[..., : size[0], : size[1]]
+
+
+class PixelShuffleUpsample(nn.Sequential):
+    """Sub-pixel convolution: a 3×3 conv to ``C·factor²`` channels, then ``PixelShuffle(factor)``.
+
+    The conv is ICNR-initialised (each group of ``factor²`` output channels starts equal), so the
+    block starts as nearest-neighbour upsampling of a learned map and avoids checkerboard artefacts.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, factor: int = 2) -> None:
+        out_channels = out_channels or in_channels
+        conv = nn.Conv2d(in_channels, out_channels * factor**2, 3, padding=1)
+        with torch.no_grad():
+            base = torch.empty(out_channels, in_channels, 3, 3)
+            nn.init.kaiming_normal_(base, nonlinearity="relu")
+            conv.weight.copy_(base.repeat_interleave(factor**2, dim=0))
+            conv.bias.zero_()
+        super().__init__(conv, nn.PixelShuffle(factor))
+
+
+def make_upsample(mode: str, channels: int, factor: int = 2) -> nn.Module:
+    """An upsampling layer by ``factor`` that keeps the channel count.
+
+    Args:
+        mode: one of :data:`UPSAMPLING_MODES`: ``"bilinear"``/``"nearest"`` interpolation (no
+            weights), ``"transposed"`` (learnable, bilinear-initialised transposed convolution),
+            ``"pixelshuffle"`` (sub-pixel convolution). Max-unpooling needs the encoder's pooling
+            indices, so it lives in :class:`pixelwise.SegNet`.
+    """
+    if mode in ("bilinear", "nearest"):
+        return nn.Upsample(scale_factor=factor, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    if mode == "transposed":
+        return BilinearTransposedUpsample(channels, channels, factor)
+    if mode == "pixelshuffle":
+        return PixelShuffleUpsample(channels, channels, factor)
+    hint = "max-unpooling needs pooling indices: use the SegNet architecture." if mode == "unpool" else ""
+    raise unknown_name("decoder_upsampling", mode, UPSAMPLING_MODES, hint)
+
+
+class SegmentationHead(nn.Sequential):
+    """A convolution from decoder channels to class scores (logits), optionally upsampled.
+
+    Shape: ``[N, in_channels, h, w] → [N, classes, upsampling·h, upsampling·w]``.
+    """
+
+    def __init__(self, in_channels: int, classes: int, kernel_size: int = 3, upsampling: int = 1) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, classes, kernel_size, padding=kernel_size // 2)]
+        if upsampling > 1:
+            layers.append(nn.Upsample(scale_factor=upsampling, mode="bilinear", align_corners=False))
+        super().__init__(*layers)
+
+
+def make_activation(activation: str | Callable[[torch.Tensor], torch.Tensor] | None) -> nn.Module:
+    """The output activation: ``None``/``"identity"`` (logits), ``"sigmoid"``, ``"softmax"`` and
+    ``"logsoftmax"`` (over the class dimension), ``"tanh"``, or any callable / ``nn.Module``."""
+    if activation is None or activation == "identity":
+        return nn.Identity()
+    if isinstance(activation, nn.Module):
+        return activation
+    if callable(activation):
+        return _Lambda(activation)
+    if not isinstance(activation, str):
+        raise ConfigError(f"activation={activation!r} must be None, a name in {ACTIVATIONS} or a callable.")
+    name = activation.lower().replace("2d", "")
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "softmax":
+        return nn.Softmax(dim=1)
+    if name == "logsoftmax":
+        return nn.LogSoftmax(dim=1)
+    if name == "tanh":
+        return nn.Tanh()
+    raise unknown_name("activation", activation, ACTIVATIONS)
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)

@@ -1,0 +1,119 @@
+"""U-Net with an encoder (Ronneberger et al. 2015, modernised): padded convolutions, any timm
+encoder, skip connections by concatenation, and a choice of upsampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pixelwise.errors import ConfigError
+from pixelwise.models.base import SegmentationModel
+from pixelwise.models.blocks import ConvBnAct, SegmentationHead, make_activation, make_upsample
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
+from pixelwise.models.registry import register_model
+
+
+class UnetDecoderBlock(nn.Module):
+    """Upsample ×2, concatenate the skip feature (if any), then two 3×3 ConvBnAct."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, upsampling: str, use_batchnorm: bool):
+        super().__init__()
+        self.upsample = make_upsample(upsampling, in_channels)
+        self.conv1 = ConvBnAct(in_channels + skip_channels, out_channels, use_batchnorm=use_batchnorm)
+        self.conv2 = ConvBnAct(out_channels, out_channels, use_batchnorm=use_batchnorm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = self.upsample(x)
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class UnetDecoder(nn.Module):
+    """From the deepest feature (stride ``2**depth``) back to stride 1, one block per ×2.
+
+    The block that arrives at stride ``s`` concatenates the encoder feature of stride ``s`` when
+    the encoder has one (e.g. ConvNeXt has none at stride 2, VGG has one at stride 1).
+    """
+
+    def __init__(self, encoder: TimmEncoder, decoder_channels: Sequence[int], upsampling: str, use_batchnorm: bool):
+        super().__init__()
+        depth = encoder.depth
+        if len(decoder_channels) != depth:
+            raise ConfigError(
+                f"decoder_channels has {len(decoder_channels)} entries but encoder_depth={depth}; "
+                f"give one per decoder stage, e.g. {[2 ** (8 - i) for i in range(depth)]}."
+            )
+        self.reductions = encoder.reductions
+        self.skip_reductions = [2 ** (depth - 1 - i) for i in range(depth)]  # stride after each block
+        in_channels = [encoder.out_channels[-1], *decoder_channels[:-1]]
+        skip_channels = [self._skip_channels(encoder, r) for r in self.skip_reductions]
+        self.blocks = nn.ModuleList(
+            UnetDecoderBlock(i, s, o, upsampling, use_batchnorm)
+            for i, s, o in zip(in_channels, skip_channels, decoder_channels)
+        )
+
+    @staticmethod
+    def _skip_channels(encoder: TimmEncoder, reduction: int) -> int:
+        matches = [c for c, r in zip(encoder.out_channels, encoder.reductions) if r == reduction]
+        return matches[-1] if matches else 0
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for block, reduction in zip(self.blocks, self.skip_reductions):
+            x = block(x, feature_at(features, self.reductions, reduction))
+        return x
+
+
+@register_model("unet")
+class Unet(SegmentationModel):
+    """U-Net: encoder → U-Net decoder (upsample, concatenate skip, two convs) → 3×3 conv head.
+
+    Args:
+        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``).
+        encoder_depth: number of stride-2 stages used (3 to 5); input is padded to ``2**depth``.
+        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
+        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
+        decoder_channels: output channels of each decoder stage, deepest first, one per stage;
+            default ``(256, 128, 64, 32, 16)`` cut to ``encoder_depth`` entries.
+        decoder_upsampling: ``"bilinear"``, ``"nearest"``, ``"transposed"`` or ``"pixelshuffle"``.
+        decoder_use_batchnorm: BatchNorm in the decoder's convolutions.
+        in_channels: input image channels.
+        classes: output channels (class scores).
+        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+
+    Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
+
+    Example:
+        >>> model = Unet("resnet34", classes=3, activation="softmax")
+    """
+
+    def __init__(
+        self,
+        encoder_name: str = "resnet34",
+        encoder_depth: int = 5,
+        encoder_weights: WeightsSpec = None,
+        encoder_freeze: bool = False,
+        decoder_channels: Sequence[int] | None = None,
+        decoder_upsampling: str = "nearest",
+        decoder_use_batchnorm: bool = True,
+        in_channels: int = 3,
+        classes: int = 1,
+        activation: str | Callable | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.classes = in_channels, classes
+        self.encoder = TimmEncoder(encoder_name, in_channels, encoder_depth, encoder_weights)
+        self.input_multiple = 2**encoder_depth
+        if decoder_channels is None:
+            decoder_channels = (256, 128, 64, 32, 16)[:encoder_depth]
+        self.decoder = UnetDecoder(self.encoder, decoder_channels, decoder_upsampling, decoder_use_batchnorm)
+        self.head = SegmentationHead(decoder_channels[-1], classes)
+        self.activation = make_activation(activation)
+        if encoder_freeze:
+            self.freeze_encoder()
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.encoder(x)))
