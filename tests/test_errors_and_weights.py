@@ -137,12 +137,12 @@ def test_from_pretrained_mismatched_weights(tmp_path):
     pixelwise.Unet("resnet18", classes=2).save_pretrained(tmp_path / "a")
     pixelwise.Unet("resnet18", classes=5).save_pretrained(tmp_path / "b")
     (tmp_path / "a" / "model.safetensors").replace(tmp_path / "b" / "model.safetensors")
-    with pytest.raises(pixelwise.WeightsError, match="does not match the model in config.json"):
+    with pytest.raises(pixelwise.WeightsError, match=r"does not match the model in config\.json"):
         pixelwise.from_pretrained(tmp_path / "b")
 
 
 def test_from_pretrained_not_a_model_dir(tmp_path):
-    with pytest.raises(pixelwise.WeightsError, match="config.json is missing"):
+    with pytest.raises(pixelwise.WeightsError, match=r"config\.json is missing"):
         pixelwise.from_pretrained(tmp_path)
 
 

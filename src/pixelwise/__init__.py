@@ -7,8 +7,8 @@ class scores for any H and W.
 
 __version__ = "0.1.0"
 
-from pixelwise.errors import ConfigError, InputSizeError, PixelwiseError, WeightsError  # noqa: E402
-from pixelwise.models import *  # noqa: E402,F403
-from pixelwise.models import __all__ as _models_all  # noqa: E402
+from pixelwise.errors import ConfigError, InputSizeError, PixelwiseError, WeightsError
+from pixelwise.models import *  # noqa: F403
+from pixelwise.models import __all__ as _models_all
 
 __all__ = ["ConfigError", "InputSizeError", "PixelwiseError", "WeightsError", "__version__", *_models_all]

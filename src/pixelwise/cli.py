@@ -11,12 +11,20 @@ from collections.abc import Sequence
 
 from pixelwise.errors import PixelwiseError
 
-COMMON_OPTIONS = {"encoder_name", "encoder_depth", "encoder_weights", "encoder_freeze", "in_channels", "classes", "activation"}
+COMMON_OPTIONS = {
+    "encoder_name",
+    "encoder_depth",
+    "encoder_weights",
+    "encoder_freeze",
+    "in_channels",
+    "classes",
+    "activation",
+}
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 

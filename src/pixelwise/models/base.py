@@ -40,6 +40,11 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
+def _option_hint(name: str, options: list[str]) -> str:
+    close = closest(name, options, n=2)
+    return f"{name!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+
+
 def _record_config(cls: type, init):
     """Wrap ``cls.__init__`` so the outermost call stores its arguments as ``model.config``.
 
@@ -54,13 +59,11 @@ def _record_config(cls: type, init):
             bound = signature.bind(self, *args, **kwargs)
         except TypeError as error:
             unknown = [k for k in kwargs if k not in signature.parameters]
+            valid = f"Valid options: {', '.join(options)}."
             if unknown:
-                hints = "; ".join(
-                    f"{name!r}" + (f" (did you mean {', '.join(map(repr, closest(name, options)))}?)" if closest(name, options) else "")
-                    for name in unknown
-                )
-                raise ConfigError(f"{cls.__name__} has no option {hints}. Valid options: {', '.join(options)}.") from None
-            raise ConfigError(f"{cls.__name__}: {error}. Valid options: {', '.join(options)}.") from None
+                hints = "; ".join(_option_hint(name, options) for name in unknown)
+                raise ConfigError(f"{cls.__name__} has no option {hints}. {valid}") from None
+            raise ConfigError(f"{cls.__name__}: {error}. {valid}") from None
         outermost = "_config" not in self.__dict__
         if outermost:
             self.__dict__["_config"] = None

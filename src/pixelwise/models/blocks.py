@@ -71,7 +71,9 @@ class BilinearTransposedUpsample(nn.ConvTranspose2d):
     def __init__(self, in_channels: int, out_channels: int | None = None, factor: int = 2, learnable: bool = True):
         out_channels = out_channels or in_channels
         kernel = 2 * factor - factor % 2
-        super().__init__(in_channels, out_channels, kernel, stride=factor, padding=(kernel - factor + 1) // 2, bias=False)
+        super().__init__(
+            in_channels, out_channels, kernel, stride=factor, padding=(kernel - factor + 1) // 2, bias=False
+        )
         with torch.no_grad():
             self.weight.copy_(bilinear_kernel(in_channels, out_channels, kernel))
         self.weight.requires_grad_(learnable)

@@ -117,9 +117,7 @@ class TimmEncoder(nn.Module):
             )
         state_dict = load_weights(path)
         try:
-            return timm.create_model(
-                name, pretrained=True, pretrained_cfg_overlay={"state_dict": state_dict}, **kwargs
-            )
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state_dict}, **kwargs)
         except RuntimeError as error:  # load_state_dict: missing/unexpected keys or shape mismatch
             raise WeightsError(
                 f"weights file {str(path)!r} does not fit encoder {name!r}: {str(error).splitlines()[0]} "
@@ -137,7 +135,7 @@ class TimmEncoder(nn.Module):
 
 def feature_at(features: list[torch.Tensor], reductions: list[int], reduction: int) -> torch.Tensor | None:
     """The deepest feature map with exactly ``reduction`` stride, or None if there is none."""
-    for feature, r in zip(reversed(features), reversed(reductions)):
+    for feature, r in zip(reversed(features), reversed(reductions), strict=True):
         if r == reduction:
             return feature
     return None

@@ -52,17 +52,17 @@ class UnetDecoder(nn.Module):
         skip_channels = [self._skip_channels(encoder, r) for r in self.skip_reductions]
         self.blocks = nn.ModuleList(
             UnetDecoderBlock(i, s, o, upsampling, use_batchnorm)
-            for i, s, o in zip(in_channels, skip_channels, decoder_channels)
+            for i, s, o in zip(in_channels, skip_channels, decoder_channels, strict=True)
         )
 
     @staticmethod
     def _skip_channels(encoder: TimmEncoder, reduction: int) -> int:
-        matches = [c for c, r in zip(encoder.out_channels, encoder.reductions) if r == reduction]
+        matches = [c for c, r in zip(encoder.out_channels, encoder.reductions, strict=True) if r == reduction]
         return matches[-1] if matches else 0
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
-        for block, reduction in zip(self.blocks, self.skip_reductions):
+        for block, reduction in zip(self.blocks, self.skip_reductions, strict=True):
             x = block(x, feature_at(features, self.reductions, reduction))
         return x
 
