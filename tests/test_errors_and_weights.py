@@ -38,6 +38,11 @@ def test_encoder_depth_out_of_range():
         pixelwise.Unet("resnet18", encoder_depth=6)
 
 
+def _encoder_state(encoder: TimmEncoder) -> dict:
+    """The encoder's tensors under timm's own key names (feature wrappers may add a prefix)."""
+    return {k.removeprefix("model."): v for k, v in encoder.model.state_dict().items()}
+
+
 def _reference_state(name: str) -> dict:
     torch.manual_seed(1)
     return timm.create_model(name, pretrained=False).state_dict()
@@ -49,7 +54,7 @@ def test_encoder_weights_from_local_file(tmp_path, suffix):
     path = tmp_path / f"resnet18{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
     encoder = TimmEncoder("resnet18", weights=str(path))
-    loaded = encoder.model.state_dict()
+    loaded = _encoder_state(encoder)
     for key in ("conv1.weight", "layer4.1.conv2.weight", "bn1.running_var"):
         assert torch.equal(loaded[key], state[key])
 
@@ -59,10 +64,10 @@ def test_encoder_weights_adapt_first_conv_to_one_channel(tmp_path):
     path = tmp_path / "r18.safetensors"
     save_file(state, str(path))
     encoder = TimmEncoder("resnet18", in_channels=1, weights=str(path))
-    first = encoder.model.state_dict()["conv1.weight"]
+    first = _encoder_state(encoder)["conv1.weight"]
     assert first.shape[1] == 1
     torch.testing.assert_close(first[:, 0], state["conv1.weight"].sum(1))  # gray = R + G + B filters
-    assert torch.equal(encoder.model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    assert torch.equal(_encoder_state(encoder)["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
 
 
 def test_encoder_weights_adapt_first_conv_to_many_channels(tmp_path):
@@ -70,7 +75,7 @@ def test_encoder_weights_adapt_first_conv_to_many_channels(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(state, path)
     encoder = TimmEncoder("resnet18", in_channels=13, weights=str(path))
-    first = encoder.model.state_dict()["conv1.weight"]
+    first = _encoder_state(encoder)["conv1.weight"]
     assert first.shape[1] == 13
     # channels repeat the RGB filters, rescaled so the response to a constant image is kept
     torch.testing.assert_close(first[:, 0] * 13 / 3, state["conv1.weight"][:, 0])

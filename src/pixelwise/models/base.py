@@ -45,10 +45,11 @@ def _option_hint(name: str, options: list[str]) -> str:
     return f"{name!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
 
 
-def _record_config(cls: type, init):
-    """Wrap ``cls.__init__`` so the outermost call stores its arguments as ``model.config``.
+def _record_config(init):
+    """Wrap an ``__init__`` so the outermost call stores its arguments as ``model.config``.
 
-    Unknown keyword arguments are answered with the closest valid option names.
+    Subclasses that inherit ``__init__`` (``FCN8s`` from a shared FCN base) are covered by the
+    parent's wrapper. Unknown keyword arguments are answered with the closest valid option names.
     """
     signature = inspect.signature(init)
     options = [p for p in signature.parameters if p != "self"]
@@ -62,8 +63,8 @@ def _record_config(cls: type, init):
             valid = f"Valid options: {', '.join(options)}."
             if unknown:
                 hints = "; ".join(_option_hint(name, options) for name in unknown)
-                raise ConfigError(f"{cls.__name__} has no option {hints}. {valid}") from None
-            raise ConfigError(f"{cls.__name__}: {error}. {valid}") from None
+                raise ConfigError(f"{type(self).__name__} has no option {hints}. {valid}") from None
+            raise ConfigError(f"{type(self).__name__}: {error}. {valid}") from None
         outermost = "_config" not in self.__dict__
         if outermost:
             self.__dict__["_config"] = None
@@ -96,7 +97,7 @@ class SegmentationModel(nn.Module):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _record_config(cls, cls.__dict__["__init__"])
+            cls.__init__ = _record_config(cls.__dict__["__init__"])
 
     # -- forward ---------------------------------------------------------------------------
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

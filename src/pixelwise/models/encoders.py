@@ -20,19 +20,29 @@ from pixelwise.io import load_weights
 WeightsSpec = str | os.PathLike | None
 
 
-def _feature_levels(name: str, output_stride: int | None) -> list[dict]:
-    """Describe every feature level of encoder ``name`` without allocating its weights."""
+def _probe(name: str, output_stride: int | None) -> tuple[str | None, list[dict]]:
+    """Pick timm's feature class for ``name`` and describe its levels, without allocating weights.
+
+    timm's "getter" feature class (built on ``forward_intermediates``) prunes the stages after the
+    last requested level; some native feature classes (EfficientNet, MobileNetV3) keep running
+    every block, which wastes compute and leaves parameters without gradients (DDP then fails).
+    Models without ``forward_intermediates`` fall back to timm's default feature class.
+    """
     kwargs = {"output_stride": output_stride} if output_stride else {}
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
-    except (RuntimeError, AssertionError, TypeError, ValueError, NotImplementedError) as error:
-        what = f" with output_stride={output_stride}" if output_stride else ""
-        raise ConfigError(
-            f"timm encoder {name!r} cannot return a feature pyramid{what} ({error}). "
-            "Choose an encoder with feature_info, e.g. 'resnet34', 'efficientnet_b0', 'convnext_tiny'."
-        ) from error
-    return model.feature_info.get_dicts()
+    error: Exception | None = None
+    for feature_cls in ("getter", None):
+        extra = {"feature_cls": feature_cls} if feature_cls else {}
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, features_only=True, pretrained=False, **kwargs, **extra)
+            return feature_cls, model.feature_info.get_dicts()
+        except (RuntimeError, AssertionError, TypeError, ValueError, NotImplementedError, AttributeError) as err:
+            error = err
+    what = f" with output_stride={output_stride}" if output_stride else ""
+    raise ConfigError(
+        f"timm encoder {name!r} cannot return a feature pyramid{what} ({error}). "
+        "Choose an encoder with feature_info, e.g. 'resnet34', 'efficientnet_b0', 'convnext_tiny'."
+    ) from error
 
 
 class TimmEncoder(nn.Module):
@@ -72,8 +82,8 @@ class TimmEncoder(nn.Module):
         if output_stride is not None and output_stride >= 2**depth:
             output_stride = None  # no dilation needed: the encoder never goes deeper than that
 
-        levels = _feature_levels(name, output_stride)
-        undilated = levels if output_stride is None else _feature_levels(name, None)
+        feature_cls, levels = _probe(name, output_stride)
+        undilated = levels if output_stride is None else _probe(name, None)[1]
         max_reduction = max(level["reduction"] for level in undilated)
         if max_reduction < 2**depth:
             raise ConfigError(
@@ -90,11 +100,13 @@ class TimmEncoder(nn.Module):
         self.depth = depth
         self.out_channels: list[int] = [levels[i]["num_chs"] for i in indices]
         self.reductions: list[int] = reductions
-        self.model = self._build(name, in_channels, indices, weights, output_stride)
+        self.model = self._build(name, in_channels, indices, weights, output_stride, feature_cls)
 
     @staticmethod
-    def _build(name, in_channels, indices, weights, output_stride) -> nn.Module:
+    def _build(name, in_channels, indices, weights, output_stride, feature_cls) -> nn.Module:
         kwargs = dict(features_only=True, out_indices=tuple(indices), in_chans=in_channels)
+        if feature_cls:
+            kwargs["feature_cls"] = feature_cls
         if output_stride:
             kwargs["output_stride"] = output_stride
         if weights is None:

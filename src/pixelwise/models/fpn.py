@@ -1,0 +1,156 @@
+"""FPN for semantic segmentation (Lin et al. 2017 pyramid, Kirillov et al. 2019 panoptic FPN head):
+a top-down feature pyramid whose levels are each brought to stride 4 and merged."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixelwise.errors import ConfigError
+from pixelwise.models.base import SegmentationModel
+from pixelwise.models.blocks import SegmentationHead, make_activation
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
+from pixelwise.models.registry import check_choice, register_model
+
+MERGE_POLICIES = ("add", "cat")
+
+
+class Conv3x3GNReLU(nn.Sequential):
+    """3×3 conv → GroupNorm → ReLU, optionally followed by bilinear upsampling ×2.
+
+    GroupNorm uses 32 groups when the channels allow it (else the largest common divisor).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, upsample: bool) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.GroupNorm(math.gcd(32, out_channels), out_channels),
+            nn.ReLU(inplace=True),
+        ]
+        if upsample:
+            layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+        super().__init__(*layers)
+
+
+class SegmentationBlock(nn.Sequential):
+    """Bring a pyramid level ``n_upsamples`` ×2 steps up (to stride 4): one Conv3x3GNReLU per step
+    (one without upsampling when ``n_upsamples`` is 0)."""
+
+    def __init__(self, in_channels: int, out_channels: int, n_upsamples: int) -> None:
+        layers = [Conv3x3GNReLU(in_channels, out_channels, upsample=n_upsamples > 0)]
+        layers += [Conv3x3GNReLU(out_channels, out_channels, upsample=True) for _ in range(1, n_upsamples)]
+        super().__init__(*layers)
+
+
+class FPNDecoder(nn.Module):
+    """Lateral 1×1 convs on every encoder stride ≥ 4, a top-down pathway (nearest upsampling +
+    addition), per-level segmentation blocks to stride 4, merged by sum or concatenation.
+
+    Strides the encoder lacks are simply not pyramid levels; the output is at stride 4 whatever
+    the encoder.
+    """
+
+    output_stride = 4
+
+    def __init__(
+        self,
+        encoder: TimmEncoder,
+        pyramid_channels: int,
+        segmentation_channels: int,
+        merge_policy: str,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        check_choice("decoder_merge_policy", merge_policy, MERGE_POLICIES)
+        self.reductions = encoder.reductions
+        self.strides = sorted({r for r in encoder.reductions if r >= self.output_stride}, reverse=True)
+        if not self.strides:
+            raise ConfigError(
+                f"FPN needs encoder features of stride >= 4, but encoder {encoder.name!r} with "
+                f"encoder_depth={encoder.depth} has strides {encoder.reductions}; use encoder_depth >= 2."
+            )
+        channels_at = dict(
+            zip(encoder.reductions, encoder.out_channels, strict=True)
+        )  # the deepest level of a stride wins
+        self.laterals = nn.ModuleList(nn.Conv2d(channels_at[s], pyramid_channels, 1) for s in self.strides)
+        self.seg_blocks = nn.ModuleList(
+            SegmentationBlock(pyramid_channels, segmentation_channels, (s // self.output_stride).bit_length() - 1)
+            for s in self.strides
+        )
+        self.merge_policy = merge_policy
+        self.dropout = nn.Dropout2d(dropout)
+        self.out_channels = segmentation_channels * (len(self.strides) if merge_policy == "cat" else 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        pyramid: list[torch.Tensor] = []
+        for stride, lateral in zip(self.strides, self.laterals, strict=True):
+            x = lateral(feature_at(features, self.reductions, stride))
+            if pyramid:
+                x = x + F.interpolate(pyramid[-1], size=x.shape[-2:], mode="nearest")
+            pyramid.append(x)
+        outputs = [block(p) for block, p in zip(self.seg_blocks, pyramid, strict=True)]
+        merged = torch.cat(outputs, dim=1) if self.merge_policy == "cat" else torch.stack(outputs).sum(dim=0)
+        return self.dropout(merged)
+
+
+@register_model("fpn")
+class FPN(SegmentationModel):
+    """FPN: encoder → feature pyramid → per-level segmentation blocks merged at stride 4 → 1×1 head → ×4.
+
+    Args:
+        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``).
+        encoder_depth: number of stride-2 stages used (3 to 5); input is padded to ``2**depth``.
+        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
+        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
+        decoder_pyramid_channels: channels of the pyramid (lateral convs and top-down pathway).
+        decoder_segmentation_channels: channels of each level's segmentation block.
+        decoder_merge_policy: ``"add"`` (sum the levels) or ``"cat"`` (concatenate them).
+        decoder_dropout: Dropout2d probability before the head.
+        in_channels: input image channels.
+        classes: output channels (class scores).
+        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+
+    Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
+
+    Example:
+        >>> model = FPN("resnet34", classes=3, activation="softmax")
+    """
+
+    def __init__(
+        self,
+        encoder_name: str = "resnet34",
+        encoder_depth: int = 5,
+        encoder_weights: WeightsSpec = None,
+        encoder_freeze: bool = False,
+        decoder_pyramid_channels: int = 256,
+        decoder_segmentation_channels: int = 128,
+        decoder_merge_policy: str = "add",
+        decoder_dropout: float = 0.2,
+        in_channels: int = 3,
+        classes: int = 1,
+        activation: str | Callable | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.classes = in_channels, classes
+        self.encoder = TimmEncoder(encoder_name, in_channels, encoder_depth, encoder_weights)
+        self.input_multiple = 2**encoder_depth
+        self.decoder = FPNDecoder(
+            self.encoder,
+            decoder_pyramid_channels,
+            decoder_segmentation_channels,
+            decoder_merge_policy,
+            decoder_dropout,
+        )
+        self.head = SegmentationHead(
+            self.decoder.out_channels, classes, kernel_size=1, upsampling=self.decoder.output_stride
+        )
+        self.activation = make_activation(activation)
+        if encoder_freeze:
+            self.freeze_encoder()
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.encoder(x)))
