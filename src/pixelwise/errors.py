@@ -42,3 +42,7 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
         shown = ", ".join(map(repr, choices[:12])) + (", ..." if len(choices) > 12 else "")
         message = f"unknown {kind} {name!r}; valid choices: {shown}."
     return ConfigError(message + (f" {hint}" if hint else ""))
+
+
+class ShapeError(PixelwiseError, ValueError):
+    """Predictions and target whose shapes do not fit the segmentation mode (names both shapes)."""
