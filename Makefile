@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/pixelwise models
-	$(BIN)/pixelwise bench --model unet --encoder resnet34 --size 512 --runs 3
+	$(BIN)/pixelwise demo --out outputs/demo
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -160,3 +160,13 @@ def test_save_pretrained_refuses_callable_activation(tmp_path):
     model = pixelwise.Unet("resnet18", encoder_depth=3, activation=torch.sigmoid)
     with pytest.raises(pixelwise.ConfigError, match="cannot save option activation"):
         model.save_pretrained(tmp_path)
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    from pixelwise.io import atomic_path
+
+    with atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    reference = tmp_path / "b.txt"
+    reference.write_text("x")
+    assert (tmp_path / "a.txt").stat().st_mode == reference.stat().st_mode

@@ -7,8 +7,19 @@ class scores for any H and W.
 
 __version__ = "0.1.0"
 
-from pixelwise.errors import ConfigError, InputSizeError, PixelwiseError, WeightsError
+from pixelwise import losses, metrics
+from pixelwise.errors import ConfigError, InputSizeError, PixelwiseError, ShapeError, WeightsError
 from pixelwise.models import *  # noqa: F403
 from pixelwise.models import __all__ as _models_all
 
-__all__ = ["ConfigError", "InputSizeError", "PixelwiseError", "WeightsError", "__version__", *_models_all]
+__all__ = [
+    "ConfigError",
+    "InputSizeError",
+    "PixelwiseError",
+    "ShapeError",
+    "WeightsError",
+    "__version__",
+    "losses",
+    "metrics",
+    *_models_all,
+]

@@ -127,6 +127,78 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Read every image/mask pair once, print what is wrong per file and the class statistics."""
+    from pixelwise.data import ClassInfo, check_dataset
+
+    classes, num_classes = None, None
+    if args.classes is not None:
+        if args.classes.isdigit():
+            num_classes = int(args.classes)
+        else:
+            classes = ClassInfo.load(args.classes)
+    report = check_dataset(
+        args.path, split=args.split, num_classes=num_classes, classes=classes, ignore_index=args.ignore_index
+    )
+    print(report.format(max_problems=None))
+    return 0 if report.ok else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model; flags override the YAML config; --resume continues a run."""
+    from pathlib import Path
+
+    from pixelwise.errors import ConfigError
+    from pixelwise.training.cli_args import overrides_from
+    from pixelwise.training.config import resolve
+    from pixelwise.training.run import train
+
+    overrides = overrides_from(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {args.resume!r}: no config.yaml there; pass a run directory (runs/<name>).")
+        config = resolve(
+            str(run_dir / "config.yaml"), overrides | {"runs_dir": str(run_dir.parent), "name": run_dir.name}
+        )
+    else:
+        config = resolve(args.config, overrides)
+    result = train(config, resume=bool(args.resume))
+    best = f"{result.best_miou:.4f}" if result.best_miou is not None else "n/a"
+    print(f"run: {result.run_dir}  best val mIoU: {best}  epochs: {result.epochs}  time: {result.seconds:.0f} s")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a trained model on a data split and write metrics.json and report.html."""
+    from pixelwise.evaluate import evaluate
+
+    metrics = evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, gallery_size=args.gallery)
+    rows = [
+        [name, _fmt(iou), _fmt(f1), _fmt(p), _fmt(r)]
+        for name, iou, f1, p, r in zip(
+            metrics["class_names"], metrics["iou"], metrics["f1"], metrics["precision"], metrics["recall"], strict=True
+        )
+    ]
+    print(_table(rows, ["class", "IoU", "F1", "precision", "recall"]))
+    summary = f"mean IoU {metrics['mean_iou']:.4f}  mean F1 {metrics['mean_f1']:.4f}"
+    print(f"\n{summary}  pixel accuracy {metrics['accuracy']:.4f}")
+    print(f"report: {metrics['report']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate data, train, evaluate and predict, offline, in a few minutes."""
+    from pixelwise.demo import run_demo
+
+    run_demo(args.out, max_minutes=args.max_minutes, progress=not args.no_progress)
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelwise",
@@ -153,6 +225,42 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--classes", type=int, default=2)
     bench.add_argument("--runs", type=int, default=5)
     bench.set_defaults(func=cmd_bench)
+
+    check = commands.add_parser(
+        "check-data", help="check a data folder: unpaired, unreadable or mismatched files, class frequencies"
+    )
+    check.add_argument("path", help="data folder with images/ and masks/ (or split folders train/, val/, ...)")
+    check.add_argument("--split", default=None, help="split folder to check, e.g. train")
+    check.add_argument(
+        "--classes",
+        default=None,
+        metavar="K|FILE",
+        help="number of classes, or a classes.yaml/.json (default: the folder's class file, else inferred)",
+    )
+    check.add_argument("--ignore-index", type=int, default=255, help="mask value of void pixels (default 255)")
+    check.set_defaults(func=cmd_check_data)
+
+    train = commands.add_parser("train", help="train a model on a data folder (Lightning; CPU, GPU, DDP)")
+    train.add_argument("--config", help="YAML file of training options (flags override it)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.ckpt")
+    from pixelwise.training.cli_args import add_train_arguments
+
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics, confusion matrix and report.html for a trained model")
+    evaluate.add_argument("--checkpoint", required=True, help="run directory (runs/<name>), saved model or .ckpt")
+    evaluate.add_argument("--data", required=True, help="data folder")
+    evaluate.add_argument("--split", default="val", help="split subfolder to evaluate (default val)")
+    evaluate.add_argument("--out", default=None, help="output folder (default <run>/eval-<split>)")
+    evaluate.add_argument("--gallery", type=int, default=8, help="number of example panels in the report")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="offline demo: synthetic data → training → evaluation → report")
+    demo.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
+    demo.add_argument("--max-minutes", type=float, default=None, help="training budget in minutes (default 3)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

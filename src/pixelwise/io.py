@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from pixelwise.errors import WeightsError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -32,6 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the permissions open() would
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -86,3 +89,21 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{str(path)!r} does not hold a state dict of tensors.")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a training checkpoint (a dict of tensors and plain values) with ``weights_only=True``.
+
+    Raises:
+        WeightsError: the file is missing, truncated, corrupt, or holds other objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {str(path)!r} does not exist; check the path.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        raise WeightsError(
+            f"cannot read checkpoint {str(path)!r} ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "it is truncated, corrupt, or holds objects other than tensors and plain values."
+        ) from error

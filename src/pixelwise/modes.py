@@ -51,11 +51,10 @@ def canonical(
         ShapeError: the shapes do not fit the mode; the message names both shapes and the expected ones.
     """
     mode = check_mode(mode)
+    given = f"preds {list(preds.shape)} and target {list(target.shape)}"  # as passed, before any unsqueeze
 
     def fail(expected: str) -> ShapeError:
-        return ShapeError(
-            f"{mode} mode expects {expected}; got preds {list(preds.shape)} and target {list(target.shape)}."
-        )
+        return ShapeError(f"{mode} mode expects {expected}; got {given}.")
 
     if mode == "binary":
         expected = "preds [N, 1, H, W] or [N, H, W] and target of the same N, H, W"

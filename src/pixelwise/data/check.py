@@ -1,0 +1,307 @@
+"""Check a data folder before training: every pair read once, every problem named, class statistics.
+
+``check_dataset`` is what ``pixelwise check-data`` prints and what training runs first, so that a
+bad file stops the run with a list of what to fix instead of an exception in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pixelwise.data.classes import ClassInfo
+from pixelwise.data.folder import MAX_LISTED, DataError, image_scale, read_image_array, read_mask, scan_folder
+from pixelwise.errors import ConfigError
+from pixelwise.modes import IGNORE_INDEX
+
+PROGRESS_MIN_PAIRS = 50
+"""Folders with at least this many pairs show a progress bar (on stderr)."""
+MAX_READERS = 4
+"""Threads that read files in parallel."""
+MAX_REPORTED_PROBLEMS = 50
+"""``DataReport.format()`` lists at most this many problems by default, then counts the rest."""
+
+
+@dataclass
+class DataReport:
+    """What :func:`check_dataset` found.
+
+    Attributes:
+        root: the checked folder (``root/split`` when a split was given).
+        problems: ``(file, message)`` per problem found; empty when the folder is fine.
+        num_pairs: image/mask pairs found (whether readable or not).
+        in_channels: channel count of most images (0 if none could be read).
+        num_classes: ``K`` given, from the class file, or inferred (largest id + 1).
+        class_names: one name per class.
+        class_pixels: ``[K]`` int64 pixel count per class over all readable pairs.
+        void_pixels: pixels equal to ``ignore_index``.
+        frequencies: ``[K]`` share of each class among labelled (non-void) pixels.
+        median_frequency_weights: ``[K]`` SegNet's median frequency balancing:
+            ``freq(c) = pixels of c / pixels of the images where c is present`` and
+            ``weight(c) = median(freq) / freq(c)``; classes never present get weight 0.
+        mean, std: ``[C]`` per-channel mean and standard deviation of the images (scaled to [0, 1]),
+            for normalisation.
+    """
+
+    root: Path
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    num_pairs: int = 0
+    in_channels: int = 0
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    void_pixels: int = 0
+    frequencies: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    median_frequency_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    std: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def _relative(self, file: str) -> str:
+        try:
+            return str(Path(file).relative_to(self.root))
+        except ValueError:
+            return file
+
+    def format(self, max_problems: int | None = MAX_REPORTED_PROBLEMS) -> str:
+        """The human-readable report: problems per file, then class statistics and channel statistics."""
+        lines = [
+            f"data folder {self.root}: {self.num_pairs} pairs, {self.in_channels} channels, "
+            f"{self.num_classes} classes (ignore_index {self.ignore_index})"
+        ]
+        if self.problems:
+            lines.append(f"{len(self.problems)} problems:")
+            shown = self.problems if max_problems is None else self.problems[:max_problems]
+            lines += [f"  {self._relative(file)}: {message}" for file, message in shown]
+            if len(shown) < len(self.problems):
+                lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        total = int(self.class_pixels.sum()) + self.void_pixels
+        if total:
+            lines.append("")
+            lines.append(f"{'id':>3}  {'class':<16} {'pixels':>12} {'frequency':>9}  {'median-freq weight':>18}")
+            for k in range(self.num_classes):
+                lines.append(
+                    f"{k:>3}  {self.class_names[k][:16]:<16} {int(self.class_pixels[k]):>12} "
+                    f"{self.frequencies[k]:>9.4f}  {self.median_frequency_weights[k]:>18.4f}"
+                )
+            lines.append(f"{'':>3}  {'(void)':<16} {self.void_pixels:>12} {self.void_pixels / total:>9.4f}  (of all)")
+            absent = [self.class_names[k] for k in range(self.num_classes) if self.class_pixels[k] == 0]
+            if absent:
+                lines.append(f"classes with no pixels: {', '.join(absent)} (weight 0)")
+        if self.mean.size:
+            fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
+            lines.append(f"channel mean {fmt(self.mean)}, std {fmt(self.std)}")
+        lines.append("")
+        if self.ok:
+            lines.append("no problems found.")
+        else:
+            lines.append(
+                f"{len(self.problems)} problems found: fix or remove the files named above, "
+                "then run `pixelwise check-data` again."
+            )
+        return "\n".join(lines)
+
+    def raise_if_bad(self) -> None:
+        """Raise a DataError holding the formatted report if any problem was found."""
+        if not self.ok:
+            raise DataError(self.format())
+
+
+@dataclass
+class _PairResult:
+    mask_path: str
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    moments: np.ndarray | None = None  # [3, C]: pixels, sum, sum of squares per channel (scaled to [0, 1])
+    ids: np.ndarray | None = None  # pixels per class id, void excluded
+    void: int = 0
+    pixels: int = 0
+
+
+def _channel_moments(image: np.ndarray) -> np.ndarray:
+    """``[3, C]`` pixel count, sum and sum of squares per channel, in [0, 1] units."""
+    c = image.shape[0]
+    # one contiguous float64 row per channel: row sums are far faster than column sums of an [N, C] array
+    rows = np.ascontiguousarray(image.reshape(c, -1), dtype=np.float64)
+    scale = image_scale(image.dtype) or 1.0
+    out = np.empty((3, c))
+    out[0] = rows.shape[1]
+    out[1] = rows.sum(1) / scale
+    out[2] = np.einsum("ij,ij->i", rows, rows) / scale**2
+    return out
+
+
+def _inspect_pair(pair: tuple[Path, Path], classes: ClassInfo | None, ignore_index: int) -> _PairResult:
+    image_path, mask_path = pair
+    result = _PairResult(str(mask_path))
+    image = mask = None
+    try:
+        image = read_image_array(image_path)
+        result.moments = _channel_moments(image)
+    except DataError as error:
+        result.problems.append((str(image_path), f"unreadable image: {error}"))
+    try:
+        mask = read_mask(mask_path, classes, ignore_index)
+    except DataError as error:
+        result.problems.append((str(mask_path), f"unreadable mask: {error}"))
+    if image is None or mask is None:
+        return result
+    if image.shape[1:] != mask.shape:
+        result.problems.append(
+            (
+                str(mask_path),
+                f"size mismatch: image {image_path.name} is {image.shape[2]}x{image.shape[1]} (WxH), "
+                f"mask is {mask.shape[1]}x{mask.shape[0]}",
+            )
+        )
+        return result
+    ids = np.bincount(mask.ravel())
+    if ignore_index < ids.size:
+        result.void = int(ids[ignore_index])
+        ids[ignore_index] = 0  # void is counted separately
+    result.ids, result.pixels = np.trim_zeros(ids, "b"), mask.size
+    return result
+
+
+def median_frequency_weights(class_pixels: np.ndarray, present_pixels: np.ndarray) -> np.ndarray:
+    """SegNet's median frequency balancing (Eigen & Fergus 2015).
+
+    Args:
+        class_pixels: ``[K]`` pixels of each class.
+        present_pixels: ``[K]`` total pixels of the images in which each class is present.
+
+    Returns:
+        ``[K]`` weights ``median(freq) / freq(c)`` with ``freq(c) = class_pixels / present_pixels``;
+        the median is over the classes that occur; classes that never occur get 0.
+    """
+    class_pixels = np.asarray(class_pixels, dtype=np.float64)
+    present_pixels = np.asarray(present_pixels, dtype=np.float64)
+    present = (class_pixels > 0) & (present_pixels > 0)
+    weights = np.zeros_like(class_pixels)
+    if present.any():
+        freq = class_pixels[present] / present_pixels[present]
+        weights[present] = np.median(freq) / freq
+    return weights
+
+
+def check_dataset(
+    root: str | os.PathLike,
+    split: str | None = None,
+    num_classes: int | None = None,
+    classes: ClassInfo | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    progress: bool | None = None,
+) -> DataReport:
+    """Read every pair once and report what is wrong, per file, with class and channel statistics.
+
+    Checks: missing partner (image without mask or the reverse), duplicate names, unreadable
+    files, size mismatch between image and mask, class ids outside ``0..K-1`` (``K`` from
+    ``num_classes``, ``classes`` or the folder's class file; inferred as largest id + 1 when none
+    is given), and images whose channel count differs from the majority.
+
+    Args:
+        root, split: the folder, as for :class:`~pixelwise.data.SegmentationFolder`.
+        num_classes: number of classes ``K``, if known.
+        classes: class list (its colours decode RGB masks); default: the folder's class file.
+        ignore_index: mask value of void pixels.
+        progress: show a progress bar on stderr; default: for folders of ``PROGRESS_MIN_PAIRS`` pairs or more.
+
+    Returns:
+        A :class:`DataReport`; ``report.ok`` is False when problems were found.
+
+    Raises:
+        DataError: the folder itself is unusable (missing, no images/ or masks/ folder, no images).
+        ConfigError: ``num_classes`` and the class list disagree.
+
+    Example:
+        >>> report = check_dataset("data/camvid", split="val")  # doctest: +SKIP
+        >>> print(report.format()); report.raise_if_bad()  # doctest: +SKIP
+    """
+    layout = scan_folder(root, split)
+    report = DataReport(root=layout.base, ignore_index=ignore_index)
+    report.problems += [(str(p), why) for p, why in layout.duplicates]
+    report.problems += [(str(p), "image has no mask (same file stem) in masks/") for p in layout.images_without_mask]
+    report.problems += [(str(p), "mask has no image (same file stem) in images/") for p in layout.masks_without_image]
+    if classes is None:
+        classes = ClassInfo.find(layout.base)
+    if classes is not None and num_classes is not None and classes.num_classes != num_classes:
+        raise ConfigError(
+            f"num_classes={num_classes} but the class list has {classes.num_classes} classes; make them agree."
+        )
+    known_k = classes.num_classes if classes is not None else num_classes
+
+    pairs = layout.pairs
+    report.num_pairs = len(pairs)
+    counts = np.zeros(0, np.int64)  # pixels per class id seen, grown as larger ids appear
+    present_pixels = np.zeros(0, np.int64)  # pixels of the images in which each id occurs
+    channels: dict[str, int] = {}
+    moments: dict[int, np.ndarray] = {}  # channel count -> [3, C]: pixels, sum, sum of squares
+    show = progress if progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS
+    inspect = functools.partial(_inspect_pair, classes=classes, ignore_index=ignore_index)
+    # decoding releases the GIL, so a few threads read files in parallel; results come back in order
+    with ThreadPoolExecutor(max_workers=min(MAX_READERS, os.cpu_count() or 1)) as pool:
+        results = pool.map(inspect, pairs)
+        for (image_path, _), result in tqdm(
+            zip(pairs, results, strict=True),
+            total=len(pairs),
+            desc="checking",
+            unit="pair",
+            file=sys.stderr,
+            disable=not show,
+        ):
+            report.problems += result.problems
+            if result.moments is not None:
+                channels[str(image_path)] = c = result.moments.shape[1]
+                moments[c] = moments.get(c, 0) + result.moments
+            if result.ids is None:
+                continue
+            ids = result.ids
+            report.void_pixels += result.void
+            if known_k is not None and ids[known_k:].any():
+                bad = (np.flatnonzero(ids[known_k:]) + known_k).tolist()
+                report.problems.append(
+                    (
+                        result.mask_path,
+                        f"class ids {bad[:MAX_LISTED]} out of range 0..{known_k - 1} "
+                        f"({int(ids[known_k:].sum())} pixels); set the number of classes to cover "
+                        f"them or map them to ignore_index {ignore_index}",
+                    )
+                )
+                ids = ids[:known_k]  # the out-of-range pixels are reported, not counted
+            if ids.size > counts.size:
+                counts = np.pad(counts, (0, ids.size - counts.size))
+                present_pixels = np.pad(present_pixels, (0, ids.size - present_pixels.size))
+            counts[: ids.size] += ids
+            present_pixels[: ids.size] += np.where(ids > 0, result.pixels, 0)
+
+    if channels:
+        majority, _ = Counter(channels.values()).most_common(1)[0]
+        report.in_channels = majority
+        for file, c in channels.items():
+            if c != majority:
+                report.problems.append((file, f"unexpected channel count: {c} channels, most images have {majority}"))
+        n, total, squares = moments[majority]
+        report.mean = total / n
+        report.std = np.sqrt(np.maximum(squares / n - report.mean**2, 0.0))
+    k = known_k if known_k is not None else max(counts.size, 2)
+    report.num_classes = k
+    report.class_names = classes.names if classes is not None else [f"class_{i}" for i in range(k)]
+    report.class_pixels = np.pad(counts, (0, k - counts.size))[:k]
+    present_pixels = np.pad(present_pixels, (0, k - present_pixels.size))[:k]
+    labelled = report.class_pixels.sum()
+    report.frequencies = report.class_pixels / labelled if labelled else np.zeros(k)
+    report.median_frequency_weights = median_frequency_weights(report.class_pixels, present_pixels)
+    report.problems.sort(key=lambda item: item[0])
+    return report

@@ -1,0 +1,454 @@
+"""Folders of images and masks: reading, mask decoding, pairing by file stem, and the dataset.
+
+Layout (split folders optional)::
+
+    root/images/NAME.png          root/train/images/NAME.png   root/val/images/...
+    root/masks/NAME.png     or    root/train/masks/NAME.png    root/val/masks/...
+    root/instances/NAME.png       root/train/instances/...     (optional: instance ids)
+    root/classes.yaml             (optional: class names, ids, colours; see ``pixelwise.data.classes``)
+
+An image and its mask share the file stem (``01.jpg`` ↔ ``01.png``). Files whose names start with
+a dot are skipped (editor backups, half-written temporary files).
+
+Images: PNG/JPEG/BMP through Pillow, TIFF through tifffile; gray, RGB or any number of channels,
+8 or 16 bit or float. They come back as ``float32 [C, H, W]``: 8-bit divided by 255, 16-bit by
+65535, float as stored; 32-bit integers are taken as 16-bit data in a wider container and divided
+by 65535. An alpha channel in a PNG (``RGBA``, ``LA``) is dropped: in practice it is transparency,
+not signal. Store extra channels (RGB + near-infrared, ...) in a TIFF, which keeps them all.
+A 3-D TIFF is ``[C, H, W]`` if its first dimension is at most 16 and its last is larger
+(``(4, 512, 512)``), otherwise ``[H, W, C]`` (``(512, 512, 3)``, ``(8, 8, 3)``).
+
+Masks: index PNG/TIFF (8 or 16 bit; values are class ids), palette PNG (the palette indices are
+the class ids), or RGB colour-coded (colours mapped to ids through the class file's colours; an
+RGB mask with R = G = B everywhere and no class colours is read as an index mask).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pixelwise.data.classes import ClassInfo
+from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.modes import IGNORE_INDEX
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+TIFF_SUFFIXES = (".tif", ".tiff")
+MAX_CHW_CHANNELS = 16
+"""A 3-D TIFF whose first dimension is at most this (and last is larger) is read as ``[C, H, W]``."""
+UINT8_MAX = 255.0
+UINT16_MAX = 65535.0
+MIN_INFERRED_CLASSES = 2
+"""Fewest classes inferred from masks: a segmentation has at least background and one class."""
+MAX_LISTED = 5
+
+
+class DataError(PixelwiseError):
+    """A data folder or file pixelwise cannot use: missing, unreadable, or inconsistent (names the file and the fix)."""
+
+
+def _listing(items: list[str], limit: int = MAX_LISTED) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _open_pil(path: Path) -> Image.Image:
+    image = Image.open(path)
+    image.load()  # decode now, so that a truncated file fails here and not later
+    return image
+
+
+def _read_raw(path: Path, mask: bool) -> tuple[np.ndarray, str]:
+    """Return the stored array and the Pillow mode (``"tiff"`` for TIFF files), alpha dropped.
+
+    A palette image gives its indices when read as a mask (they are the class ids) and its
+    colours when read as an image.
+    """
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return np.asarray(tifffile.imread(path)), "tiff"
+    image = _open_pil(path)
+    if image.mode in ("P", "PA") and mask:
+        return np.asarray(image.convert("P") if image.mode == "PA" else image), "P"
+    if image.mode in ("1", "LA", "La"):
+        image = image.convert("L")
+    elif image.mode not in ("L", "RGB", "I", "F") and not image.mode.startswith("I;16"):
+        image = image.convert("RGB")  # RGBA, palette images, CMYK, YCbCr, ...
+    return np.asarray(image), image.mode
+
+
+def _read_error(path: Path, what: str, error: Exception) -> DataError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return DataError(
+        f"cannot read {what} {str(path)!r}: {reason}. The file is corrupt, truncated or not an image; "
+        "re-export it or remove it together with its partner (run `pixelwise check-data` to list every such file)."
+    )
+
+
+def read_image_array(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``[C, H, W]`` in its stored dtype (uint8, uint16, float, ...), unscaled.
+
+    Raises:
+        DataError: the file cannot be decoded, or has more than three dimensions.
+    """
+    path = Path(path)
+    try:
+        array, mode = _read_raw(path, mask=False)
+    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as error:
+        raise _read_error(path, "image", error) from error
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3:
+        if mode == "tiff" and array.shape[0] <= MAX_CHW_CHANNELS < array.shape[-1]:
+            return array
+        return np.moveaxis(array, -1, 0)  # HWC -> CHW
+    raise DataError(
+        f"image {str(path)!r} has shape {list(array.shape)}; expected [H, W], [H, W, C] or [C, H, W]. "
+        "Split stacks and time series into one file per 2-D image."
+    )
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``float32 [C, H, W]`` scaled as the module docstring says.
+
+    Raises:
+        DataError: the file cannot be decoded, or has more than three dimensions.
+
+    Example:
+        >>> read_image("data/images/01.png").shape  # doctest: +SKIP
+        (3, 360, 480)
+    """
+    return scale_image(read_image_array(path))
+
+
+def image_scale(dtype: np.dtype) -> float | None:
+    """The number an image of this dtype is divided by to reach ``[0, 1]`` (None: float, kept as stored)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return UINT8_MAX
+    if dtype.kind in "fb":
+        return None
+    if dtype.itemsize <= 2:  # uint16 (65535), int8 / int16 (their own maximum)
+        return float(np.iinfo(dtype).max)
+    return UINT16_MAX  # 16-bit data in an int32 container (Pillow's mode "I")
+
+
+def scale_image(array: np.ndarray) -> np.ndarray:
+    """Convert an image array to float32, dividing by :func:`image_scale` of its dtype."""
+    scale = image_scale(array.dtype)
+    if scale is None:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    return array.astype(np.float32) / np.float32(scale)
+
+
+def read_mask(
+    path: str | os.PathLike, classes: ClassInfo | None = None, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """Read a mask file as class ids ``int64 [H, W]`` (index, palette or RGB colour-coded; see module docstring).
+
+    Args:
+        path: mask file.
+        classes: class list whose colours decode RGB masks; not needed for index and palette masks.
+        ignore_index: value given to void pixels of RGB masks (the class file's void colour).
+
+    Raises:
+        DataError: unreadable file, negative or fractional values, an RGB mask without class colours,
+            or a colour that belongs to no class (names the file, the colours and the fix).
+    """
+    path = Path(path)
+    try:
+        array, _ = _read_raw(path, mask=True)
+    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as error:
+        raise _read_error(path, "mask", error) from error
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        return _decode_rgb_mask(path, array[..., :3], classes, ignore_index)
+    if array.ndim != 2:
+        raise DataError(
+            f"mask {str(path)!r} has shape {list(array.shape)}; expected [H, W] class ids (index or palette PNG) "
+            "or [H, W, 3] colours. Save one 2-D mask per image."
+        )
+    if array.dtype.kind == "f" and not (np.all(np.isfinite(array)) and np.all(array == np.round(array))):
+        raise DataError(f"mask {str(path)!r} holds fractional values; masks must hold integer class ids.")
+    mask = array.astype(np.int64)
+    if mask.size and mask.min() < 0:
+        raise DataError(f"mask {str(path)!r} holds negative values ({int(mask.min())}); class ids start at 0.")
+    return mask
+
+
+def _decode_rgb_mask(path: Path, rgb: np.ndarray, classes: ClassInfo | None, ignore_index: int) -> np.ndarray:
+    if classes is None or classes.colors is None:
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return rgb[..., 0].astype(np.int64)  # a gray index mask saved as RGB
+        raise DataError(
+            f"mask {str(path)!r} is an RGB colour-coded image, but no class file gives the class colours. "
+            "Put a classes.yaml next to the images/ and masks/ folders (or in their parent), e.g. "
+            "`classes: [{name: road, id: 0, color: [128, 64, 128]}, ...]`, or save the masks as index PNGs."
+        )
+    ids, unknown = classes.decode_colors(rgb)
+    if unknown:
+        colours = _listing([str(list(c)) for c in unknown])
+        raise DataError(
+            f"mask {str(path)!r} holds colours {colours} that belong to no class of the class file. "
+            "Add each to classes.yaml as a class (`{name: ..., id: ..., color: [r, g, b]}`), or with "
+            f"id {classes.ignore_index} to ignore its pixels."
+        )
+    if classes.ignore_index != ignore_index:
+        ids[ids == classes.ignore_index] = ignore_index
+    return ids
+
+
+def read_instances(path: str | os.PathLike) -> np.ndarray:
+    """Read an instance label file (16-bit PNG or integer TIFF) as ``int32 [H, W]``, 0 = background.
+
+    Raises:
+        DataError: unreadable file or not a 2-D integer array.
+    """
+    path = Path(path)
+    try:
+        array, _ = _read_raw(path, mask=True)
+    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as error:
+        raise _read_error(path, "instance file", error) from error
+    if array.ndim != 2 or array.dtype.kind not in "iub":
+        raise DataError(
+            f"instance file {str(path)!r} has shape {list(array.shape)} and type {array.dtype}; "
+            "expected [H, W] integer instance ids (0 = background), e.g. a 16-bit PNG."
+        )
+    return array.astype(np.int32)
+
+
+@dataclass
+class FolderLayout:
+    """The files of one data folder (one split), indexed by stem; built by :func:`scan_folder`."""
+
+    root: Path
+    base: Path
+    images: dict[str, Path]
+    masks: dict[str, Path]
+    instances: dict[str, Path] | None = None
+    duplicates: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def pairs(self) -> list[tuple[Path, Path]]:
+        """``(image, mask)`` paths of every stem that has both, sorted by stem."""
+        return [(self.images[s], self.masks[s]) for s in sorted(self.images) if s in self.masks]
+
+    @property
+    def images_without_mask(self) -> list[Path]:
+        return [self.images[s] for s in sorted(self.images) if s not in self.masks]
+
+    @property
+    def masks_without_image(self) -> list[Path]:
+        return [self.masks[s] for s in sorted(self.masks) if s not in self.images]
+
+
+def _index(folder: Path, suffixes: tuple[str, ...], duplicates: list[tuple[Path, str]]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in suffixes:
+            continue
+        if path.stem in files:
+            duplicates.append((path, f"has the same stem as {files[path.stem].name}; keep one file per name"))
+            continue
+        files[path.stem] = path
+    return files
+
+
+def scan_folder(root: str | os.PathLike, split: str | None = None) -> FolderLayout:
+    """Find the ``images/``, ``masks/`` (and ``instances/``) files of ``root`` or ``root/split``.
+
+    Raises:
+        DataError: ``root`` or the split does not exist, a folder is missing, or there are no images.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder {str(root)!r} does not exist or is not a folder; check the path.")
+    splits = sorted(d.name for d in root.iterdir() if (d / "images").is_dir())
+    if split is not None:
+        base = root / split
+        if not base.is_dir():
+            found = f"it has {', '.join(splits)}" if splits else "it has no split folders"
+            raise DataError(f"{str(root)!r} has no split folder {split!r} ({found}); pass one of those as split.")
+    elif (root / "images").is_dir() or not splits:
+        base = root
+    else:
+        example = "train" if "train" in splits else splits[0]
+        raise DataError(
+            f"{str(root)!r} holds split folders ({', '.join(splits)}); choose one with split='{example}' "
+            f"(command line: --split {example})."
+        )
+    layout_hint = "expected ROOT/images and ROOT/masks, or ROOT/<split>/images and ROOT/<split>/masks"
+    for name in ("images", "masks"):
+        if not (base / name).is_dir():
+            raise DataError(f"{str(base)!r} has no {name}/ folder; {layout_hint}.")
+    duplicates: list[tuple[Path, str]] = []
+    images = _index(base / "images", IMAGE_SUFFIXES, duplicates)
+    masks = _index(base / "masks", MASK_SUFFIXES, duplicates)
+    if not images:
+        raise DataError(
+            f"{str(base / 'images')!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
+            "add images or fix the path."
+        )
+    instances = _index(base / "instances", MASK_SUFFIXES, duplicates) if (base / "instances").is_dir() else None
+    return FolderLayout(root, base, images, masks, instances, duplicates)
+
+
+def infer_num_classes(mask_paths: list[Path], classes: ClassInfo | None, ignore_index: int = IGNORE_INDEX) -> int:
+    """Number of classes implied by the masks: largest class id (other than ``ignore_index``) + 1, at least 2."""
+    largest = 0
+    for path in mask_paths:
+        mask = read_mask(path, classes, ignore_index)
+        ids = np.unique(mask)
+        ids = ids[ids != ignore_index]
+        if ids.size:
+            largest = max(largest, int(ids[-1]))
+    return max(largest + 1, MIN_INFERRED_CLASSES)
+
+
+class SegmentationFolder(torch.utils.data.Dataset):
+    """Pairs of images and masks from a folder (layout and file formats in the module docstring).
+
+    Args:
+        root: data folder.
+        split: split sub-folder (``"train"``, ``"val"``, ...); None when ``root`` holds images/ itself.
+        transform: called as ``transform(image, mask)`` → ``(image, mask)``, or, when instance labels
+            are loaded, ``transform(image, mask, instances)`` → ``(image, mask, instances)``
+            (the callables of :func:`pixelwise.data.build_transforms` take both forms).
+        classes: class list; default: the ``classes.yaml``/``.json`` of the folder or its parent, else
+            ``ClassInfo.default(num_classes)``, else ``num_classes`` is inferred from the masks.
+        num_classes: number of classes ``K``; checked against ``classes`` when both are known.
+        ignore_index: mask value of void pixels (default 255).
+        instances: also load ``instances/NAME.*`` (int32 instance ids) when that folder exists.
+
+    Shape:
+        ``item["image"]``: float32 ``[C, H, W]`` in ``[0, 1]`` (float TIFF: as stored);
+        ``item["mask"]``: int64 ``[H, W]``; ``item["instances"]``: int32 ``[H, W]``; ``item["name"]``: the stem.
+
+    Raises:
+        DataError: missing folders, no images, images without masks (or the reverse), duplicate
+            stems, or (when an item is read) an unreadable file, a size or channel mismatch, or a
+            class id outside ``0..K-1``.
+        ConfigError: ``classes`` and ``num_classes`` disagree.
+
+    Example:
+        >>> data = SegmentationFolder("data/camvid", split="val")  # doctest: +SKIP
+        >>> item = data[0]; item["image"].shape, item["mask"].shape  # doctest: +SKIP
+        (torch.Size([3, 360, 480]), torch.Size([360, 480]))
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = None,
+        transform=None,
+        classes: ClassInfo | None = None,
+        num_classes: int | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        instances: bool = False,
+    ) -> None:
+        self.layout = scan_folder(root, split)
+        self.root, self.split, self.transform, self.ignore_index = self.layout.root, split, transform, ignore_index
+        self._raise_on_pairing_problems()
+        self.pairs: list[tuple[Path, Path]] = self.layout.pairs
+        if classes is None:
+            classes = ClassInfo.find(self.layout.base)
+        if classes is not None and num_classes is not None and classes.num_classes != num_classes:
+            raise ConfigError(
+                f"num_classes={num_classes} but the class list has {classes.num_classes} classes "
+                f"({', '.join(classes.names)}); make them agree or leave num_classes out."
+            )
+        if classes is None and num_classes is not None:
+            classes = ClassInfo.default(num_classes, ignore_index)
+        self._classes = classes
+        self.instance_paths: list[Path] | None = None
+        if instances and self.layout.instances is not None:
+            missing = [image.stem for image, _ in self.pairs if image.stem not in self.layout.instances]
+            if missing:
+                raise DataError(
+                    f"{str(self.layout.base / 'instances')!r} has no instance file for {_listing(missing)}; "
+                    "give every image one (same stem) or load without instances."
+                )
+            self.instance_paths = [self.layout.instances[image.stem] for image, _ in self.pairs]
+        self.in_channels: int = read_image(self.pairs[0][0]).shape[0]
+
+    def _raise_on_pairing_problems(self) -> None:
+        layout = self.layout
+        messages = []
+        if layout.duplicates:
+            messages.append("duplicate names: " + _listing([f"{p} {why}" for p, why in layout.duplicates]))
+        if layout.images_without_mask:
+            names = [p.name for p in layout.images_without_mask]
+            messages.append(f"{len(names)} images without a mask in {layout.base / 'masks'}: {_listing(names)}")
+        if layout.masks_without_image:
+            names = [p.name for p in layout.masks_without_image]
+            messages.append(f"{len(names)} masks without an image in {layout.base / 'images'}: {_listing(names)}")
+        if messages:
+            raise DataError(
+                f"images and masks of {str(layout.base)!r} do not pair up by file name: {'; '.join(messages)}. "
+                "Every image needs a mask with the same stem (01.jpg ↔ 01.png); add the missing files or remove "
+                "the strays (`pixelwise check-data` lists every problem)."
+            )
+
+    @property
+    def classes(self) -> ClassInfo:
+        """The class list (inferred from the masks on first use when neither classes nor num_classes was given)."""
+        if self._classes is None:
+            masks = [m for _, m in self.pairs]
+            self._classes = ClassInfo.default(infer_num_classes(masks, None, self.ignore_index), self.ignore_index)
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``K``."""
+        return self.classes.num_classes
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        mask = read_mask(mask_path, self._classes, self.ignore_index)
+        if image.shape[1:] != mask.shape:
+            raise DataError(
+                f"image {str(image_path)!r} is {image.shape[2]}x{image.shape[1]} (WxH) but its mask {str(mask_path)!r} "
+                f"is {mask.shape[1]}x{mask.shape[0]}; masks must match their image pixel for pixel."
+            )
+        if image.shape[0] != self.in_channels:
+            raise DataError(
+                f"image {str(image_path)!r} has {image.shape[0]} channels but {self.pairs[0][0].name} has "
+                f"{self.in_channels}; convert all images to the same channel count."
+            )
+        if self._classes is not None:  # an inferred class count covers every mask by construction
+            bad = (mask >= self._classes.num_classes) & (mask != self.ignore_index)
+            if bad.any():
+                raise DataError(
+                    f"mask {str(mask_path)!r} holds class ids {sorted(np.unique(mask[bad]).tolist())[:MAX_LISTED]} "
+                    f"outside 0..{self._classes.num_classes - 1}; raise num_classes (--classes) or map those pixels "
+                    f"to ignore_index {self.ignore_index}."
+                )
+        sample = {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
+        if self.instance_paths is not None:
+            instances = read_instances(self.instance_paths[index])
+            if instances.shape != mask.shape:
+                raise DataError(
+                    f"instance file {str(self.instance_paths[index])!r} is {instances.shape[1]}x{instances.shape[0]} "
+                    f"(WxH) but its mask is {mask.shape[1]}x{mask.shape[0]}; they must match pixel for pixel."
+                )
+            sample["instances"] = torch.from_numpy(instances)
+        if self.transform is not None:
+            keys = list(sample)
+            sample = dict(zip(keys, self.transform(*sample.values()), strict=True))
+        sample["name"] = image_path.stem
+        return sample
+
+    def __repr__(self) -> str:
+        where = self.layout.base
+        return f"SegmentationFolder({str(where)!r}, {len(self)} pairs, in_channels={self.in_channels})"

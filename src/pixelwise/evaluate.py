@@ -1,0 +1,177 @@
+"""Evaluate a trained model on a data split: metrics, confusion matrix, gallery and HTML report.
+
+``evaluate(model_path, data, split)`` accepts a run directory (``runs/<name>``, whose ``model/`` it
+loads), a ``save_pretrained`` directory, or a ``.ckpt`` file inside a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelwise.data import ClassInfo, SegmentationFolder
+from pixelwise.errors import ConfigError
+from pixelwise.io import atomic_path, load_checkpoint
+from pixelwise.metrics import ConfusionMatrix
+from pixelwise.models import SegmentationModel, from_pretrained
+from pixelwise.viz import panel, plot_confusion, save_png
+
+GALLERY_SIZE = 8
+METRIC_KEYS = ("iou", "f1", "precision", "recall")
+SUMMARY_KEYS = ("mean_iou", "mean_f1", "accuracy", "mean_accuracy", "fw_iou")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference with the input normalisation and classes it was trained with."""
+
+    model: SegmentationModel
+    mean: torch.Tensor
+    std: torch.Tensor
+    classes: ClassInfo
+    run_dir: Path | None
+
+    @torch.inference_mode()
+    def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """``[C, H, W]`` or ``[N, C, H, W]`` image(s) in [0, 1] → ``[N, K, H, W]`` logits (whole image)."""
+        batch = image[None] if image.ndim == 3 else image
+        device = next(self.model.parameters()).device
+        batch = (batch.to(device) - self.mean.to(device)) / self.std.to(device)
+        return self.model.eval()(batch).float().cpu()
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a run directory, a ``save_pretrained`` directory, or a run's ``.ckpt`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"model path {str(path)!r} does not exist; pass a run directory (runs/<name>).")
+    checkpoint = path if path.suffix == ".ckpt" else None
+    run_dir = path.parent if checkpoint else (path if (path / "model" / "config.json").is_file() else None)
+    model_dir = run_dir / "model" if run_dir else path
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(
+            f"{str(path)!r} is neither a run directory (with model/) nor a saved model (with config.json); "
+            "pass runs/<name> from `pixelwise train` or a folder written by model.save_pretrained()."
+        )
+    model = from_pretrained(model_dir)
+    if checkpoint:
+        state = load_checkpoint(checkpoint)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    preprocessing_path = model_dir / "preprocessing.json"
+    if preprocessing_path.is_file():
+        preprocessing = json.loads(preprocessing_path.read_text())
+        mean, std = preprocessing["mean"], preprocessing["std"]
+    else:  # a bare save_pretrained model: inputs in [0, 1] go in unchanged
+        mean, std = [0.0] * model.in_channels, [1.0] * model.in_channels
+    classes_path = model_dir / "classes.yaml"
+    classes = ClassInfo.load(classes_path) if classes_path.is_file() else ClassInfo.default(model.classes)
+    shape = (1, -1, 1, 1)
+    return LoadedModel(model.eval(), torch.tensor(mean).view(shape), torch.tensor(std).view(shape), classes, run_dir)
+
+
+def _as_list(value: torch.Tensor) -> list[float | None]:
+    return [None if math.isnan(v) else float(v) for v in value.double().tolist()]
+
+
+def evaluate(
+    model_path: str | Path,
+    data: str | Path,
+    split: str | None = "val",
+    out_dir: str | Path | None = None,
+    gallery_size: int = GALLERY_SIZE,
+    ignore_index: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compute metrics of a trained model on ``data``/``split`` and write the evaluation folder.
+
+    Writes ``metrics.json``, ``confusion.png``, ``gallery/*.png`` and ``report.html`` into
+    ``out_dir`` (default ``<run>/eval-<split>``) and returns the metrics dict (per-class lists
+    with ``None`` for classes absent from both prediction and ground truth).
+    """
+    loaded = load_model(model_path)
+    classes = loaded.classes
+    ignore = classes.ignore_index if ignore_index is None else ignore_index
+    dataset = SegmentationFolder(data, split=split, num_classes=len(classes.names), ignore_index=ignore)
+    if dataset.in_channels != loaded.model.in_channels:
+        raise ConfigError(
+            f"the images in {str(data)!r} have {dataset.in_channels} channels but the model expects "
+            f"{loaded.model.in_channels}; evaluate on data like the training data."
+        )
+    out = Path(out_dir) if out_dir else (loaded.run_dir or Path(model_path)) / f"eval-{split or 'all'}"
+    out.mkdir(parents=True, exist_ok=True)
+    total = ConfusionMatrix(len(classes.names), ignore_index=ignore)
+    per_image: list[tuple[float, int, np.ndarray]] = []
+    items = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="evaluate", unit="image", leave=False)
+    for index in items:
+        sample = dataset[index]
+        labels = loaded.predict_logits(sample["image"]).argmax(1)
+        target = sample["mask"][None]
+        total.update(labels, target)
+        single = ConfusionMatrix(len(classes.names), ignore_index=ignore)
+        single.update(labels, target)
+        per_image.append((float(single.compute()["mean_iou"]), index, labels[0].numpy().astype(np.uint8)))
+
+    results = total.compute()
+    metrics: dict[str, Any] = {key: _as_list(results[key]) for key in METRIC_KEYS}
+    metrics |= {key: float(results[key]) for key in SUMMARY_KEYS}
+    metrics["class_names"] = list(classes.names)
+    metrics["confusion_matrix"] = total.matrix.tolist()
+    metrics["support"] = total.matrix.sum(1).tolist()
+    metrics["images"] = len(dataset)
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_confusion(total.matrix.numpy(), classes.names, out / "confusion.png")
+    gallery = _write_gallery(dataset, per_image, classes, out, gallery_size)
+
+    from pixelwise.report import write_report
+
+    curves = loaded.run_dir / "curves.png" if loaded.run_dir and (loaded.run_dir / "curves.png").is_file() else None
+    config = _run_config(loaded.run_dir)
+    metrics["report"] = write_report(
+        out,
+        title=f"pixelwise evaluation: {Path(str(data)).name}/{split or ''}",
+        metrics=metrics,
+        class_names=list(classes.names),
+        palette=classes.color_array(),
+        curves_png=curves,
+        confusion_png=out / "confusion.png",
+        gallery=gallery,
+        config=config,
+        notes=[f"model: {model_path}", f"data: {data} (split {split}, {len(dataset)} images)"],
+    )
+    return metrics
+
+
+def _write_gallery(dataset, per_image, classes, out: Path, size: int) -> list[dict[str, Any]]:
+    """Panels for ``size`` images spread from the worst to the best per-image mIoU."""
+    ranked = sorted(per_image, key=lambda item: (math.isnan(item[0]), item[0]))
+    if not ranked or size <= 0:
+        return []
+    picks = sorted({round(i * (len(ranked) - 1) / max(size - 1, 1)) for i in range(min(size, len(ranked)))})
+    (out / "gallery").mkdir(exist_ok=True)
+    gallery = []
+    for rank in picks:
+        score, index, labels = ranked[rank]
+        sample = dataset[index]
+        path = out / "gallery" / f"{sample['name']}.png"
+        save_png(panel(sample["image"].numpy(), sample["mask"].numpy(), labels, classes.color_array()), path)
+        gallery.append({"name": sample["name"], "panel": path, "iou": None if math.isnan(score) else score})
+    return gallery
+
+
+def _run_config(run_dir: Path | None) -> dict[str, Any] | None:
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        return None
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())

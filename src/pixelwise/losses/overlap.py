@@ -1,0 +1,161 @@
+"""Soft overlap losses: Tversky (``tversky``) and its special cases Dice (``dice``) and Jaccard (``jaccard``).
+
+Per class ``c``, with probabilities ``p`` and 0/1 targets ``t`` summed over the batch and the
+pixels (ignored pixels have ``p = t = 0``, so they add nothing)::
+
+    TP = sum p t,   FP = sum p (1 - t),   FN = sum (1 - p) t
+    TI_c = (TP + smooth) / max(TP + alpha FP + beta FN + smooth, eps)
+    loss = mean over counted classes of (1 - TI_c) ** gamma
+
+Dice is ``alpha = beta = 0.5`` (``2 TP / (2 TP + FP + FN)``), Jaccard ``alpha = beta = 1``
+(``TP / (TP + FP + FN)``). Binary mode has one class (the foreground); multiclass mode uses all
+``K`` softmax channels, including the background; multilabel mode the ``K`` sigmoid channels.
+
+**Classes absent from the target** (no non-ignored positive pixel in the batch): with
+``smooth = 0`` their score is 0 whatever the prediction, a constant loss of 1 with no gradient,
+so they are left out of the mean (as segmentation_models_pytorch zeroes them); when no class is
+present the loss is 0. With ``smooth > 0`` they stay in the mean, where
+``1 - smooth / (alpha FP + smooth)`` penalises false positives on empty masks; choose
+``smooth > 0`` (e.g. 1.0) when all-background images should teach the model to predict nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pixelwise.losses.base import SegmentationLoss, check_range, one_vs_rest, register_loss
+from pixelwise.modes import IGNORE_INDEX, Mode
+
+_SUM_DIMS = (0, 2, 3)
+"""Batch and pixel dimensions of ``[N, C, H, W]``: the scores are computed over the whole batch, per class."""
+
+
+@register_loss("tversky")
+class TverskyLoss(SegmentationLoss):
+    """Soft Tversky loss (Salehi et al. 2017), with the focal exponent of Abraham & Khan (2019).
+
+    See the module docstring for the formula and the absent-class policy. ``gamma`` applies to
+    each class's ``1 - TI_c`` before the mean (segmentation_models_pytorch applies it to the mean;
+    the two agree in binary mode and for ``gamma = 1``).
+
+    Args:
+        mode: ``"binary"``, ``"multiclass"`` (default) or ``"multilabel"``.
+        ignore_index: target value of pixels that count for nothing (default 255; None: none).
+        from_logits: ``preds`` are logits (default) or, if False, probabilities.
+        alpha: weight of false positives, ``>= 0`` (default 0.5).
+        beta: weight of false negatives, ``>= 0`` (default 0.5).
+        gamma: exponent of each class's loss, ``> 0`` (default 1.0).
+        smooth: added to numerator and denominator, ``>= 0`` (default 0.0).
+        eps: lower bound of the denominator, ``> 0`` (default 1e-7), so that empty classes never divide by zero.
+
+    Shape:
+        as the mode (see :mod:`pixelwise.modes`). Takes no weight map (a region score has no per-pixel form).
+
+    Example:
+        >>> loss = TverskyLoss("binary", alpha=0.3, beta=0.7)
+        >>> loss(torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        mode: Mode = "multiclass",
+        ignore_index: int | None = IGNORE_INDEX,
+        from_logits: bool = True,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        gamma: float = 1.0,
+        smooth: float = 0.0,
+        eps: float = 1e-7,
+    ):
+        super().__init__(mode, ignore_index, from_logits)
+        self.alpha = check_range("alpha", alpha, 0.0)
+        self.beta = check_range("beta", beta, 0.0)
+        self.gamma = check_range("gamma", gamma, 0.0, open_low=True)
+        self.smooth = check_range("smooth", smooth, 0.0)
+        self.eps = check_range("eps", eps, 0.0, open_low=True)
+
+    def compute(self, preds: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None) -> torch.Tensor:
+        p, t, _ = one_vs_rest(preds, target, self.mode, self.ignore_index, self.from_logits)
+        tp = (p * t).sum(_SUM_DIMS)
+        fp = p.sum(_SUM_DIMS) - tp
+        fn = t.sum(_SUM_DIMS) - tp
+        score = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth).clamp_min(self.eps)
+        per_class = 1 - score
+        if self.gamma != 1:
+            per_class = per_class.clamp_min(0).pow(self.gamma)
+        counted = t.sum(_SUM_DIMS) > 0 if self.smooth == 0 else torch.ones_like(per_class, dtype=torch.bool)
+        kept = torch.where(counted, per_class, torch.zeros_like(per_class))
+        return kept.sum() / counted.sum().clamp_min(1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (
+            f", alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, smooth={self.smooth}, eps={self.eps}"
+        )
+
+
+class _FixedTversky(TverskyLoss):
+    """A Tversky loss whose ``alpha`` and ``beta`` are fixed by the subclass (Dice, Jaccard)."""
+
+    fixed_alpha = fixed_beta = 0.0
+
+    def __init__(
+        self,
+        mode: Mode = "multiclass",
+        ignore_index: int | None = IGNORE_INDEX,
+        from_logits: bool = True,
+        smooth: float = 0.0,
+        eps: float = 1e-7,
+    ):
+        super().__init__(
+            mode, ignore_index, from_logits, alpha=self.fixed_alpha, beta=self.fixed_beta, smooth=smooth, eps=eps
+        )
+
+
+@register_loss("dice")
+class DiceLoss(_FixedTversky):
+    """Soft Dice loss ``1 - 2 TP / (2 TP + FP + FN)`` per class, averaged (Tversky with alpha = beta = 0.5).
+
+    With ``smooth`` the score is ``(2 TP + 2 smooth) / (2 TP + FP + FN + 2 smooth)``, the Tversky form
+    that segmentation_models_pytorch 0.6 uses too (older tutorials add ``smooth`` once).
+
+    Args:
+        mode: ``"binary"``, ``"multiclass"`` (default) or ``"multilabel"``.
+        ignore_index: target value of pixels that count for nothing (default 255; None: none).
+        from_logits: ``preds`` are logits (default) or, if False, probabilities.
+        smooth: added to numerator and denominator, ``>= 0`` (default 0.0; see the absent-class policy
+            in :mod:`pixelwise.losses.overlap`).
+        eps: lower bound of the denominator, ``> 0`` (default 1e-7).
+
+    Shape:
+        as the mode (see :mod:`pixelwise.modes`). Takes no weight map.
+
+    Example:
+        >>> DiceLoss("multiclass")(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))).shape
+        torch.Size([])
+    """
+
+    fixed_alpha = fixed_beta = 0.5
+
+
+@register_loss("jaccard")
+class JaccardLoss(_FixedTversky):
+    """Soft Jaccard (IoU) loss ``1 - TP / (TP + FP + FN)`` per class, averaged (Tversky with alpha = beta = 1).
+
+    Args:
+        mode: ``"binary"``, ``"multiclass"`` (default) or ``"multilabel"``.
+        ignore_index: target value of pixels that count for nothing (default 255; None: none).
+        from_logits: ``preds`` are logits (default) or, if False, probabilities.
+        smooth: added to numerator and denominator, ``>= 0`` (default 0.0; see the absent-class policy
+            in :mod:`pixelwise.losses.overlap`).
+        eps: lower bound of the denominator, ``> 0`` (default 1e-7).
+
+    Shape:
+        as the mode (see :mod:`pixelwise.modes`). Takes no weight map.
+
+    Example:
+        >>> JaccardLoss("binary")(torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))).shape
+        torch.Size([])
+    """
+
+    fixed_alpha = fixed_beta = 1.0

@@ -1,0 +1,82 @@
+"""Command-line flags of ``pixelwise train``, generated from the TrainConfig fields (one source of truth)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+import yaml
+
+from pixelwise.training.config import TrainConfig
+
+SHORT_HELP = {
+    "data": "data folder with train/ and val/ splits (images/ + masks/ in each)",
+    "model": "architecture (see `pixelwise models`)",
+    "encoder": "timm encoder name, e.g. resnet34",
+    "classes": "number of classes K (default: from classes.yaml or the masks)",
+    "epochs": "number of epochs",
+    "max_minutes": "stop training after this many minutes",
+    "crop": "training crop size in pixels",
+    "augment": "augmentation preset: none, light, strong",
+    "loss": "loss name or sum, e.g. ce+dice or 'ce + 0.5*dice'",
+    "class_weights": "'median' (median-frequency balancing) or a list like [1, 2.5, 4]",
+    "model_options": "extra architecture options as YAML, e.g. '{decoder_channels: [128, 64, 32, 16, 16]}'",
+    "loss_options": "extra loss options as YAML, e.g. '{gamma: 2}'",
+    "devices": "number of devices (processes) per node, e.g. 2 with --strategy ddp",
+}
+
+
+def _parse_yaml(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"not valid YAML: {text!r} ({error})") from error
+
+
+def _number_or_text(text: str) -> Any:
+    value = _parse_yaml(text)
+    return value if isinstance(value, int | float | list) else text
+
+
+def _converter(annotation: Any) -> Any:
+    """The argparse ``type`` for a field annotation (``X | None`` converts like X)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if len(args) == 1 else annotation
+    if base in (int, float, str):
+        return base
+    if typing.get_origin(base) is dict or base is dict:
+        return _parse_yaml
+    return _number_or_text  # unions such as str | list[float], int | str
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field (``--batch-size`` for ``batch_size``); defaults are None so that
+    only the flags given override the YAML file."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        help_text = SHORT_HELP.get(field.name, field.name.replace("_", " "))
+        if hints[field.name] is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f"{help_text} (default {default})"
+            )
+            continue
+        parser.add_argument(
+            flag,
+            type=_converter(hints[field.name]),
+            default=None,
+            metavar=field.name.upper(),
+            help=f"{help_text} (default {default!r})",
+        )
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig values given on the command line."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }

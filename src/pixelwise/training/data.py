@@ -1,0 +1,91 @@
+"""The LightningDataModule: training and validation splits of a SegmentationFolder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler
+
+from pixelwise.data import SegmentationFolder, build_transforms
+
+
+def pad_collate(samples: list[dict[str, Any]], ignore_index: int) -> dict[str, Any]:
+    """Stack samples of different sizes: images padded with 0, masks with ``ignore_index``
+    (bottom/right), so padding never counts in the loss or the metrics."""
+    height = max(s["image"].shape[-2] for s in samples)
+    width = max(s["image"].shape[-1] for s in samples)
+
+    def pad(x: torch.Tensor, value: float) -> torch.Tensor:
+        return F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]), value=value)
+
+    batch: dict[str, Any] = {
+        "image": torch.stack([pad(s["image"], 0.0) for s in samples]),
+        "mask": torch.stack([pad(s["mask"], ignore_index) for s in samples]),
+        "name": [s["name"] for s in samples],
+    }
+    for key in ("weight_map", "instances"):
+        if key in samples[0]:
+            batch[key] = torch.stack([pad(s[key], 0) for s in samples])
+    return batch
+
+
+class _Collate:
+    """``pad_collate`` with its ignore value bound; a class so DataLoader workers can pickle it."""
+
+    def __init__(self, ignore_index: int) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return pad_collate(samples, self.ignore_index)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Training crops with augmentation and whole validation images, from one data folder.
+
+    Args:
+        config: the resolved TrainConfig as a dict (``data``, splits, ``crop``, ``augment``, ...).
+        num_classes: K, as established by the data check.
+    """
+
+    def __init__(self, config: dict[str, Any], num_classes: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+        self.collate = _Collate(config["ignore_index"])
+
+    def setup(self, stage: str | None = None) -> None:
+        config = self.config
+        common = {"num_classes": self.num_classes, "ignore_index": config["ignore_index"]}
+        train_transform = build_transforms(
+            config["augment"], crop_size=config["crop"], ignore_index=config["ignore_index"]
+        )
+        self.train_set = SegmentationFolder(
+            config["data"], split=config["train_split"], transform=train_transform, **common
+        )
+        self.val_set = SegmentationFolder(config["data"], split=config["val_split"], **common)
+
+    def train_dataloader(self) -> DataLoader:
+        config = self.config
+        samples = config["samples_per_epoch"] or len(self.train_set)
+        sampler = RandomSampler(self.train_set, replacement=samples > len(self.train_set), num_samples=samples)
+        return DataLoader(
+            self.train_set,
+            batch_size=config["batch_size"],
+            sampler=sampler,
+            drop_last=samples > config["batch_size"],
+            num_workers=config["num_workers"],
+            persistent_workers=config["num_workers"] > 0,
+            collate_fn=self.collate,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set,
+            batch_size=self.config["batch_size"],
+            num_workers=self.config["num_workers"],
+            persistent_workers=self.config["num_workers"] > 0,
+            collate_fn=self.collate,
+        )

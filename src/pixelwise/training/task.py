@@ -1,0 +1,160 @@
+"""The LightningModule: model, loss, metrics and optimiser, built from a TrainConfig.
+
+Reads top to bottom like the torchvision references: the model (``configure_model_``), the loss,
+the metrics, one ``_shared_step(batch, stage)`` for training and validation, then the optimiser
+and its schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from pixelwise.losses import get_loss
+from pixelwise.metrics import ConfusionMatrix
+from pixelwise.models import SegmentationModel, create_model
+
+STAGES = ("train", "val")
+
+
+def build_model(config: dict[str, Any], in_channels: int, classes: int) -> SegmentationModel:
+    """The pixelwise model a config describes (``model``, ``encoder``, ``model_options``)."""
+    options = dict(config.get("model_options") or {})
+    if config.get("encoder") and config["model"].lower() != "unet2015":
+        options.setdefault("encoder_name", config["encoder"])
+        options.setdefault("encoder_weights", config.get("encoder_weights"))
+    return create_model(config["model"], in_channels=in_channels, classes=classes, **options)
+
+
+class SegmentationTask(L.LightningModule):
+    """Trains any pixelwise model on ``{"image": [N, C, H, W] float in [0, 1], "mask": [N, H, W] int64}``.
+
+    Images are normalised inside (``(image - mean) / std`` with the training set's channel
+    statistics) so that a saved model and the predictor see the same input as training did.
+
+    Args:
+        config: the resolved TrainConfig as a dict (saved as hyper-parameters in every checkpoint).
+        in_channels, classes: data properties found by the data check.
+        mean, std: per-channel statistics of the training images, each ``[C]``.
+        class_weights: optional loss weights per class ``[K]``.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        in_channels: int,
+        classes: int,
+        mean: list[float],
+        std: list[float],
+        class_weights: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config
+        self.classes = classes
+        self.model = build_model(config, in_channels, classes)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.loss = self.configure_loss()
+        self.metrics = {stage: self.configure_metrics() for stage in STAGES}
+
+    def configure_loss(self) -> nn.Module:
+        options = dict(self.config.get("loss_options") or {})
+        if self.hparams.class_weights is not None:
+            options["class_weights"] = self.hparams.class_weights
+        return get_loss(
+            self.config["loss"], mode=self.config["mode"], ignore_index=self.config["ignore_index"], **options
+        )
+
+    def configure_metrics(self) -> ConfusionMatrix:
+        return ConfusionMatrix(self.classes, mode=self.config["mode"], ignore_index=self.config["ignore_index"])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, C, H, W]`` images in [0, 1] → ``[N, K, H, W]`` logits."""
+        return self.model((images - self.mean) / self.std)
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["mask"], weight_map=batch.get("weight_map"))
+        self.metrics[stage].update(logits.detach(), batch["mask"])
+        self.log(
+            f"{stage}_loss",
+            loss,
+            prog_bar=True,
+            on_step=stage == "train",
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch["image"].shape[0],
+        )
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
+        self._shared_step(batch, "val")
+
+    def _log_metrics(self, stage: str) -> None:
+        # ConfusionMatrix.compute() already sums the matrix over all processes: no sync_dist here
+        results = self.metrics[stage].compute()
+        self.log(f"{stage}_miou", results["mean_iou"].nan_to_num(0.0).item(), prog_bar=True)
+        self.log(f"{stage}_accuracy", results["accuracy"].nan_to_num(0.0).item())
+        self.log(f"{stage}_mf1", results["mean_f1"].nan_to_num(0.0).item())
+        self.metrics[stage].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_metrics("val")
+        else:
+            self.metrics["val"].reset()
+
+    # -- optimiser and schedule ------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        config = self.config
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        if config["optimizer"] == "sgd":
+            optimizer = torch.optim.SGD(
+                parameters, lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"]
+            )
+        else:
+            optimizer = torch.optim.AdamW(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if config["scheduler"] == "onecycle":
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = int(config["warmup_epochs"] * steps_per_epoch)
+        factor = LRFactor(config["scheduler"], warmup, total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+POLY_POWER = 0.9
+"""Exponent of the "poly" schedule (DeepLab's choice)."""
+
+
+class LRFactor:
+    """Learning-rate multiplier at step ``t``: linear warm-up, then cosine, poly or constant decay.
+
+    A class rather than a closure so that the schedule pickles into checkpoints and DDP workers.
+    """
+
+    def __init__(self, schedule: str, warmup_steps: int, total_steps: int) -> None:
+        self.schedule, self.warmup, self.total = schedule, warmup_steps, max(total_steps, 1)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        if self.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if self.schedule == "poly":
+            return (1 - progress) ** POLY_POWER
+        return 1.0

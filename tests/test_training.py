@@ -1,0 +1,234 @@
+"""Training end to end on tiny synthetic data: run directory, resume after kill -9, repeatability,
+DDP on two CPU processes, and errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pixelwise
+from pixelwise.data.synthetic import write_synthetic
+from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.evaluate import evaluate
+from pixelwise.training.config import TrainConfig, resolve
+from pixelwise.training.run import train
+
+TINY = {
+    "model": "unet",
+    "encoder": "resnet18",
+    "model_options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+    "epochs": 2,
+    "batch_size": 4,
+    "crop": 64,
+    "lr": 3e-3,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("data") / "cells", "cells", n_train=8, n_val=4, size=64, seed=0)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "pixelwise.cli", *args], env=env, **kwargs)
+
+
+def test_config_precedence_defaults_yaml_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": "d", "epochs": 7, "lr": 0.01, "loss": "ce"}))
+    config = resolve(str(path), {"epochs": 3, "batch_size": None})
+    assert (config.epochs, config.lr, config.loss, config.batch_size) == (3, 0.01, "ce", TrainConfig.batch_size)
+
+
+def test_config_unknown_key_names_the_closest(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: d\nepoch: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown option in .*run\.yaml 'epoch'; did you mean 'epochs'"):
+        resolve(str(path))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"optimizer": "adamm"}, "did you mean 'adamw'"), ({"epochs": 0}, "epochs=0"), ({"data": ""}, "--data DIR")],
+)
+def test_config_validation(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(None, {"data": "d", **override})
+
+
+def test_train_writes_a_complete_run(cells, tmp_path):
+    result = train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="r", **TINY))
+    run = tmp_path / "r"
+    for name in ("config.yaml", "last.ckpt", "best.ckpt", "metrics.csv", "curves.png", "model/config.json"):
+        assert (run / name).is_file(), name
+    assert [int(r["epoch"]) for r in _rows(run)] == [0, 1]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["classes"] == 2 and saved["name"] == "r"
+    model = pixelwise.from_pretrained(run / "model")
+    assert model.classes == 2 and result.best_miou is not None
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))
+    # evaluating the exported model reproduces the best validation mIoU Lightning logged
+    metrics = evaluate(run, cells, split="val", out_dir=tmp_path / "eval", progress=False)
+    assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)
+    assert (tmp_path / "eval" / "report.html").is_file() and (tmp_path / "eval" / "confusion.png").is_file()
+
+
+def test_same_seed_same_run(cells, tmp_path):
+    for name in ("a", "b"):
+        train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name=name, seed=3, **TINY))
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b]
+
+
+def test_existing_run_is_not_overwritten(cells, tmp_path):
+    train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="r", **(TINY | {"epochs": 1})))
+    before = (tmp_path / "r" / "last.ckpt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run; continue it with --resume"):
+        train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="r", **TINY))
+    assert (tmp_path / "r" / "last.ckpt").read_bytes() == before
+
+
+def test_bad_data_stops_before_training_with_the_report(cells, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(cells, broken)
+    (broken / "train" / "masks" / "0003.png").unlink()
+    (broken / "train" / "images" / "0005.png").write_bytes(b"not a png")
+    with pytest.raises(PixelwiseError) as info:
+        train(TrainConfig(data=str(broken), runs_dir=str(tmp_path / "runs"), name="x", **TINY))
+    assert "0003" in str(info.value) and "0005" in str(info.value)
+    assert not (tmp_path / "runs" / "x" / "last.ckpt").exists()
+
+
+def test_classes_inconsistent_with_masks(cells, tmp_path):
+    import shutil
+
+    data = tmp_path / "no-class-file"
+    shutil.copytree(cells, data)
+    (data / "classes.yaml").unlink()
+    with pytest.raises(PixelwiseError, match=r"0000\.png") as info:  # names a file with the bad id
+        train(TrainConfig(data=str(data), runs_dir=str(tmp_path / "runs"), classes=1, **TINY))
+    assert "1" in str(info.value)
+
+
+def test_classes_inconsistent_with_class_file(cells, tmp_path):
+    with pytest.raises(PixelwiseError, match="num_classes=1 but the class list has 2 classes"):
+        train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), classes=1, **TINY))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("model", "unett", "did you mean 'unet'"), ("loss", "dicee", "did you mean 'dice'")],
+)
+def test_unknown_names_are_short_cli_errors(cells, tmp_path, option, value, message):
+    process = _cli(
+        "train",
+        "--data",
+        str(cells),
+        "--runs-dir",
+        str(tmp_path),
+        f"--{option}",
+        value,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_after_kill_9(cells, tmp_path):
+    args = [
+        "train",
+        "--data",
+        str(cells),
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "k",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "4",
+        "--crop",
+        "64",
+        "--encoder",
+        "resnet18",
+        "--no-progress",
+        "--model-options",
+        "{encoder_depth: 3, decoder_channels: [32, 16, 8]}",
+        "--samples-per-epoch",
+        "16",
+    ]
+    process = _cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "k"
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.csv").is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (run / "last.ckpt").is_file(), "the first epoch's checkpoint must be on disk"
+    done = len(_rows(run))
+    assert done < 6, "the run was meant to be killed before it finished"
+    resumed = _cli("train", "--resume", str(run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    epochs = [int(r["epoch"]) for r in _rows(run)]
+    assert epochs == list(range(6)), epochs
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+def test_ddp_two_cpu_processes_reduce_metrics(cells, tmp_path):
+    process = _cli(
+        "train",
+        "--data",
+        str(cells),
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop",
+        "64",
+        "--encoder",
+        "resnet18",
+        "--no-progress",
+        "--model-options",
+        "{encoder_depth: 3, decoder_channels: [32, 16, 8]}",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out
+    run = tmp_path / "ddp"
+    logged = float(_rows(run)[-1]["val_miou"])
+    # each process validated half of the 4 images; the logged value must cover all of them
+    metrics = evaluate(run, cells, split="val", out_dir=tmp_path / "eval", progress=False)
+    assert metrics["mean_iou"] == pytest.approx(logged, abs=1e-5)
