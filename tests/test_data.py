@@ -297,3 +297,15 @@ def test_palette_png_is_colours_as_image_and_indices_as_mask(tmp_path):
     path = save(tmp_path / "p.png", ids, [0, 0, 0, 255, 0, 0] + [0] * 762)
     assert read_image(path)[:, 0, 1].tolist() == [1.0, 0.0, 0.0]
     assert read_mask(path).tolist() == [[0, 1], [1, 0]]
+
+
+def test_files_selects_stems_by_glob_and_list(tmp_path):
+    from pixelwise.data.synthetic import write_synthetic
+
+    root = write_synthetic(tmp_path / "c", "cells", n_train=6, n_val=1, size=32, seed=0)
+    assert [p[0].stem for p in SegmentationFolder(root, "train", files="000[0-2]").pairs] == ["0000", "0001", "0002"]
+    assert [p[0].stem for p in SegmentationFolder(root, "train", files=["0004", "0005"]).pairs] == ["0004", "0005"]
+    report = check_dataset(root, split="train", files="000[3-5]")
+    assert report.num_pairs == 3 and report.ok
+    with pytest.raises(DataError, match=r"files='9\*' selects none of the 6 images"):
+        SegmentationFolder(root, "train", files="9*")

@@ -232,3 +232,53 @@ def test_ddp_two_cpu_processes_reduce_metrics(cells, tmp_path):
     # each process validated half of the 4 images; the logged value must cover all of them
     metrics = evaluate(run, cells, split="val", out_dir=tmp_path / "eval", progress=False)
     assert metrics["mean_iou"] == pytest.approx(logged, abs=1e-5)
+
+
+def test_time_budget_anneals_the_schedule():
+    import time as clock
+
+    from pixelwise.training.task import LRFactor
+
+    factor = LRFactor("cosine", warmup_steps=0, total_steps=10_000, budget_seconds=0.2)
+    assert factor(0) == pytest.approx(1.0)
+    clock.sleep(0.25)
+    assert factor(1) == pytest.approx(0.0, abs=1e-9), "the budget is spent: the schedule must have ended"
+    without_budget = LRFactor("cosine", warmup_steps=0, total_steps=10_000)
+    assert without_budget(1) > 0.99
+
+
+def test_rescale_resizes_image_and_masks_consistently():
+    import torch
+
+    from pixelwise.training.data import rescale
+
+    mask = torch.zeros(40, 60, dtype=torch.int64)
+    mask[10:30, 20:40] = 1
+    sample = rescale({"image": mask[None].float(), "mask": mask}, 0.5)
+    assert sample["image"].shape == (1, 20, 30) and sample["mask"].shape == (20, 30)
+    assert sample["mask"].dtype == torch.int64 and set(sample["mask"].unique().tolist()) == {0, 1}
+    assert int(sample["mask"].sum()) == 10 * 10
+
+
+def test_reduced_scale_training_is_evaluated_at_full_resolution(cells, tmp_path):
+    import json
+
+    train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="half", scale=0.5, **(TINY | {"crop": 32})))
+    assert json.loads((tmp_path / "half" / "model" / "preprocessing.json").read_text())["scale"] == 0.5
+    metrics = evaluate(tmp_path / "half", cells, split="val", out_dir=tmp_path / "eval", progress=False)
+    assert sum(metrics["support"]) == 4 * 64 * 64  # every full-resolution pixel was scored
+
+
+def test_demo_command_plumbing(tmp_path):
+    """The demo end to end with a tiny budget: the files it promises exist (the IoU target needs the full budget)."""
+    import json
+
+    from pixelwise.demo import run_demo
+
+    metrics = run_demo(tmp_path / "demo", max_minutes=0.05, progress=False)
+    saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    for key in ("iou", "mean_iou", "f1", "mean_f1", "accuracy"):
+        assert key in saved
+    assert saved["mean_iou"] == pytest.approx(metrics["mean_iou"])
+    assert (tmp_path / "demo" / "report.html").is_file()
+    assert len(list((tmp_path / "demo" / "predictions").glob("*-overlay.png"))) == 4

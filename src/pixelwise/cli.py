@@ -173,7 +173,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained model on a data split and write metrics.json and report.html."""
     from pixelwise.evaluate import evaluate
 
-    metrics = evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, gallery_size=args.gallery)
+    metrics = evaluate(
+        args.checkpoint, args.data, split=args.split, out_dir=args.out, gallery_size=args.gallery, files=args.files
+    )
     rows = [
         [name, _fmt(iou), _fmt(f1), _fmt(p), _fmt(r)]
         for name, iou, f1, p, r in zip(
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="val", help="split subfolder to evaluate (default val)")
     evaluate.add_argument("--out", default=None, help="output folder (default <run>/eval-<split>)")
     evaluate.add_argument("--gallery", type=int, default=8, help="number of example panels in the report")
+    evaluate.add_argument("--files", default=None, help="only these files: a glob over file names, e.g. '2[0-4]'")
     evaluate.set_defaults(func=cmd_evaluate)
 
     demo = commands.add_parser("demo", help="offline demo: synthetic data → training → evaluation → report")

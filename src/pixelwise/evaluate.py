@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pixelwise.data import ClassInfo, SegmentationFolder
 from pixelwise.errors import ConfigError
@@ -36,14 +37,25 @@ class LoadedModel:
     std: torch.Tensor
     classes: ClassInfo
     run_dir: Path | None
+    scale: float = 1.0
 
     @torch.inference_mode()
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """``[C, H, W]`` or ``[N, C, H, W]`` image(s) in [0, 1] → ``[N, K, H, W]`` logits (whole image)."""
+        """``[C, H, W]`` or ``[N, C, H, W]`` image(s) in [0, 1] → ``[N, K, H, W]`` logits (whole image).
+
+        A model trained at ``scale`` sees the image resized by it; its scores are upsampled back.
+        """
         batch = image[None] if image.ndim == 3 else image
+        size = batch.shape[-2:]
         device = next(self.model.parameters()).device
         batch = (batch.to(device) - self.mean.to(device)) / self.std.to(device)
-        return self.model.eval()(batch).float().cpu()
+        if self.scale != 1:
+            scaled = (max(1, round(size[0] * self.scale)), max(1, round(size[1] * self.scale)))
+            batch = F.interpolate(batch, size=scaled, mode="bilinear", antialias=True)
+        logits = self.model.eval()(batch).float()
+        if self.scale != 1:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits.cpu()
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -66,13 +78,15 @@ def load_model(path: str | Path) -> LoadedModel:
     preprocessing_path = model_dir / "preprocessing.json"
     if preprocessing_path.is_file():
         preprocessing = json.loads(preprocessing_path.read_text())
-        mean, std = preprocessing["mean"], preprocessing["std"]
+        mean, std, scale = preprocessing["mean"], preprocessing["std"], float(preprocessing.get("scale", 1.0))
     else:  # a bare save_pretrained model: inputs in [0, 1] go in unchanged
-        mean, std = [0.0] * model.in_channels, [1.0] * model.in_channels
+        mean, std, scale = [0.0] * model.in_channels, [1.0] * model.in_channels, 1.0
     classes_path = model_dir / "classes.yaml"
     classes = ClassInfo.load(classes_path) if classes_path.is_file() else ClassInfo.default(model.classes)
     shape = (1, -1, 1, 1)
-    return LoadedModel(model.eval(), torch.tensor(mean).view(shape), torch.tensor(std).view(shape), classes, run_dir)
+    return LoadedModel(
+        model.eval(), torch.tensor(mean).view(shape), torch.tensor(std).view(shape), classes, run_dir, scale
+    )
 
 
 def _as_list(value: torch.Tensor) -> list[float | None]:
@@ -87,6 +101,7 @@ def evaluate(
     gallery_size: int = GALLERY_SIZE,
     ignore_index: int | None = None,
     progress: bool = True,
+    files: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Compute metrics of a trained model on ``data``/``split`` and write the evaluation folder.
 
@@ -97,7 +112,7 @@ def evaluate(
     loaded = load_model(model_path)
     classes = loaded.classes
     ignore = classes.ignore_index if ignore_index is None else ignore_index
-    dataset = SegmentationFolder(data, split=split, num_classes=len(classes.names), ignore_index=ignore)
+    dataset = SegmentationFolder(data, split=split, num_classes=len(classes.names), ignore_index=ignore, files=files)
     if dataset.in_channels != loaded.model.in_channels:
         raise ConfigError(
             f"the images in {str(data)!r} have {dataset.in_channels} channels but the model expects "

@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,7 @@ def check_dataset(
     classes: ClassInfo | None = None,
     ignore_index: int = IGNORE_INDEX,
     progress: bool | None = None,
+    files: str | Sequence[str] | None = None,
 ) -> DataReport:
     """Read every pair once and report what is wrong, per file, with class and channel statistics.
 
@@ -229,7 +231,7 @@ def check_dataset(
         >>> report = check_dataset("data/camvid", split="val")  # doctest: +SKIP
         >>> print(report.format()); report.raise_if_bad()  # doctest: +SKIP
     """
-    layout = scan_folder(root, split)
+    layout = scan_folder(root, split, files)
     report = DataReport(root=layout.base, ignore_index=ignore_index)
     report.problems += [(str(p), why) for p, why in layout.duplicates]
     report.problems += [(str(p), "image has no mask (same file stem) in masks/") for p in layout.images_without_mask]

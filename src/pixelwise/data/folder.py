@@ -25,7 +25,9 @@ RGB mask with R = G = B everywhere and no class colours is read as an index mask
 
 from __future__ import annotations
 
+import fnmatch
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,8 +263,21 @@ def _index(folder: Path, suffixes: tuple[str, ...], duplicates: list[tuple[Path,
     return files
 
 
-def scan_folder(root: str | os.PathLike, split: str | None = None) -> FolderLayout:
-    """Find the ``images/``, ``masks/`` (and ``instances/``) files of ``root`` or ``root/split``.
+def select_stems(stems: Iterable[str], files: str | Sequence[str] | None) -> set[str]:
+    """The stems matching ``files``: a glob pattern over file stems (``"2[0-4]"``), a list of stems
+    or patterns, or None for all."""
+    stems = set(stems)
+    if files is None:
+        return stems
+    patterns = [files] if isinstance(files, str) else [str(f) for f in files]
+    return {s for s in stems if any(fnmatch.fnmatchcase(s, p) for p in patterns)}
+
+
+def scan_folder(
+    root: str | os.PathLike, split: str | None = None, files: str | Sequence[str] | None = None
+) -> FolderLayout:
+    """Find the ``images/``, ``masks/`` (and ``instances/``) files of ``root`` or ``root/split``,
+    keeping only the stems that ``files`` selects (see :func:`select_stems`).
 
     Raises:
         DataError: ``root`` or the split does not exist, a folder is missing, or there are no images.
@@ -297,6 +312,16 @@ def scan_folder(root: str | os.PathLike, split: str | None = None) -> FolderLayo
             "add images or fix the path."
         )
     instances = _index(base / "instances", MASK_SUFFIXES, duplicates) if (base / "instances").is_dir() else None
+    if files is not None:
+        keep = select_stems(images, files) | select_stems(masks, files)
+        if not keep:
+            raise DataError(
+                f"files={files!r} selects none of the {len(images)} images in {str(base)!r}; "
+                "give a glob over file names without suffix, e.g. '2[0-4]' or ['20', '21']."
+            )
+        images = {k: v for k, v in images.items() if k in keep}
+        masks = {k: v for k, v in masks.items() if k in keep}
+        instances = {k: v for k, v in instances.items() if k in keep} if instances is not None else None
     return FolderLayout(root, base, images, masks, instances, duplicates)
 
 
@@ -326,6 +351,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
         num_classes: number of classes ``K``; checked against ``classes`` when both are known.
         ignore_index: mask value of void pixels (default 255).
         instances: also load ``instances/NAME.*`` (int32 instance ids) when that folder exists.
+        files: use only these files: a glob over file stems (``"[01]?"``) or a list of stems/globs.
 
     Shape:
         ``item["image"]``: float32 ``[C, H, W]`` in ``[0, 1]`` (float TIFF: as stored);
@@ -352,8 +378,9 @@ class SegmentationFolder(torch.utils.data.Dataset):
         num_classes: int | None = None,
         ignore_index: int = IGNORE_INDEX,
         instances: bool = False,
+        files: str | Sequence[str] | None = None,
     ) -> None:
-        self.layout = scan_folder(root, split)
+        self.layout = scan_folder(root, split, files)
         self.root, self.split, self.transform, self.ignore_index = self.layout.root, split, transform, ignore_index
         self._raise_on_pairing_problems()
         self.pairs: list[tuple[Path, Path]] = self.layout.pairs

@@ -36,8 +36,12 @@ class TrainConfig:
     name: str | None = None
     """Run name: the run is written to ``<runs_dir>/<name>/`` (default: model-encoder-timestamp)."""
     runs_dir: str = "runs"
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    train_files: str | list[str] | None = None
+    """Only these training files: a glob over file stems (``"[01]?"``) or a list; default all."""
+    val_files: str | list[str] | None = None
+    """Only these validation files (e.g. the same split folder as training with ``"2[0-4]"``)."""
     classes: int | None = None
     """Number of classes K (inferred from classes.yaml or the masks when omitted)."""
     ignore_index: int = IGNORE_INDEX
@@ -54,8 +58,11 @@ class TrainConfig:
     samples_per_epoch: int | None = None
     """Random crops drawn per epoch (default: one per training image)."""
     batch_size: int = 8
+    scale: float = 1.0
+    """Resize images (bilinear) and masks (nearest) by this factor before cropping; the model then
+    predicts at this scale and evaluation upsamples its scores to the full resolution."""
     crop: int | None = 256
-    augment: str = "light"
+    augment: str | list = "light"
     loss: str | dict[str, float] = "ce+dice"
     loss_options: dict[str, Any] = field(default_factory=dict)
     class_weights: str | list[float] | None = None
@@ -96,6 +103,8 @@ class TrainConfig:
         for option in ("epochs", "batch_size"):
             if getattr(self, option) < 1:
                 raise ConfigError(f"{option}={getattr(self, option)} must be at least 1.")
+        if not 0 < self.scale <= 4:
+            raise ConfigError(f"scale={self.scale} must be in (0, 4]; e.g. 0.5 trains at half resolution.")
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be positive (e.g. 1e-3 for AdamW).")
         if self.classes is not None and self.classes < 1:

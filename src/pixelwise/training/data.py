@@ -42,6 +42,34 @@ class _Collate:
         return pad_collate(samples, self.ignore_index)
 
 
+def rescale(sample: dict[str, Any], scale: float) -> dict[str, Any]:
+    """Resize a sample by ``scale``: the image bilinearly (antialiased), masks by nearest neighbour."""
+    if scale == 1:
+        return sample
+    height, width = sample["image"].shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    out = dict(sample)
+    out["image"] = F.interpolate(sample["image"][None], size=size, mode="bilinear", antialias=True)[0]
+    for key in ("mask", "instances", "weight_map"):
+        if key in sample:
+            out[key] = F.interpolate(sample[key][None, None].float(), size=size, mode="nearest")[0, 0].to(
+                sample[key].dtype
+            )
+    return out
+
+
+class ScaledTransform:
+    """Resize by ``scale`` (see :func:`rescale`), then apply ``transform``; picklable for DataLoader workers."""
+
+    def __init__(self, scale: float, transform: Any = None) -> None:
+        self.scale, self.transform = scale, transform
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, *rest: torch.Tensor):
+        sample = rescale({"image": image, "mask": mask, **({"instances": rest[0]} if rest else {})}, self.scale)
+        parts = (sample["image"], sample["mask"], *([sample["instances"]] if rest else []))
+        return self.transform(*parts) if self.transform is not None else parts
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """Training crops with augmentation and whole validation images, from one data folder.
 
@@ -59,13 +87,19 @@ class SegmentationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         config = self.config
         common = {"num_classes": self.num_classes, "ignore_index": config["ignore_index"]}
-        train_transform = build_transforms(
-            config["augment"], crop_size=config["crop"], ignore_index=config["ignore_index"]
-        )
+        augment = build_transforms(config["augment"], crop_size=config["crop"], ignore_index=config["ignore_index"])
+        train_transform = ScaledTransform(config["scale"], augment) if config["scale"] != 1 else augment
+        val_transform = ScaledTransform(config["scale"]) if config["scale"] != 1 else None
         self.train_set = SegmentationFolder(
-            config["data"], split=config["train_split"], transform=train_transform, **common
+            config["data"],
+            split=config["train_split"],
+            transform=train_transform,
+            files=config["train_files"],
+            **common,
         )
-        self.val_set = SegmentationFolder(config["data"], split=config["val_split"], **common)
+        self.val_set = SegmentationFolder(
+            config["data"], split=config["val_split"], files=config["val_files"], transform=val_transform, **common
+        )
 
     def train_dataloader(self) -> DataLoader:
         config = self.config

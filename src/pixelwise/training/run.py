@@ -89,12 +89,20 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
             "or choose another --name."
         )
     train_report = check_dataset(
-        config.data, split=config.train_split, num_classes=config.classes, ignore_index=config.ignore_index
+        config.data,
+        split=config.train_split,
+        num_classes=config.classes,
+        ignore_index=config.ignore_index,
+        files=config.train_files,
     )
     train_report.raise_if_bad()
     classes = config.classes or train_report.num_classes
     val_report = check_dataset(
-        config.data, split=config.val_split, num_classes=classes, ignore_index=config.ignore_index
+        config.data,
+        split=config.val_split,
+        num_classes=classes,
+        ignore_index=config.ignore_index,
+        files=config.val_files,
     )
     val_report.raise_if_bad()
     if val_report.in_channels != train_report.in_channels:
@@ -184,7 +192,13 @@ def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config:
     task.load_state_dict(state)
     model_dir = run_dir / "model"
     task.model.save_pretrained(model_dir)
-    preprocessing = {"mean": facts["mean"], "std": facts["std"], "scale": "unit", "ignore_index": config.ignore_index}
+    preprocessing = {
+        "mean": facts["mean"],
+        "std": facts["std"],
+        "input_range": "unit",  # images are scaled to [0, 1] (8-bit / 255, 16-bit / 65535) before mean/std
+        "scale": config.scale,  # the model predicts on images resized by this factor
+        "ignore_index": config.ignore_index,
+    }
     with atomic_path(model_dir / "preprocessing.json") as tmp:
         tmp.write_text(json.dumps(preprocessing, indent=2) + "\n")
     classes = ClassInfo.find(config.data) or ClassInfo.default(facts["classes"])
