@@ -170,3 +170,21 @@ def test_save_pretrained_round_trip(arch, tmp_path):
     x = torch.randn(1, model.in_channels, size, size)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+
+
+def test_unet_full_resolution_stem_feeds_the_last_decoder_block(tmp_path):
+    model = pixelwise.Unet(
+        "resnet18", decoder_channels=(64, 32, 16, 16, 8), decoder_full_resolution_channels=6, classes=2
+    ).eval()
+    # ResNet has no stride-1 feature: without the stem the last block would see only its 16 input channels
+    last_conv = next(m for m in model.decoder.blocks[-1].conv1.modules() if isinstance(m, torch.nn.Conv2d))
+    assert last_conv.in_channels == 16 + 6
+    x = torch.randn(1, 3, 45, 67)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (1, 2, 45, 67)
+        for parameter in model.full_resolution_stem.parameters():
+            parameter.zero_()
+        assert not torch.allclose(model(x), y)  # the stem's output really reaches the head
+    model.save_pretrained(tmp_path / "m")
+    assert pixelwise.from_pretrained(tmp_path / "m").full_resolution_stem is not None

@@ -2,13 +2,14 @@
 
 Models (``pixelwise.Unet``, ``pixelwise.FCN8s``, ... or ``pixelwise.create_model(arch, ...)``)
 are plain ``nn.Module``s mapping ``[N, in_channels, H, W]`` images to ``[N, classes, H, W]``
-class scores for any H and W.
+class scores for any H and W. ``pixelwise.Predictor`` predicts images of any size in tiles.
 """
 
 __version__ = "0.1.0"
 
 from pixelwise import losses, metrics
 from pixelwise.errors import ConfigError, InputSizeError, PixelwiseError, ShapeError, WeightsError
+from pixelwise.inference import Predictor
 from pixelwise.models import *  # noqa: F403
 from pixelwise.models import __all__ as _models_all
 
@@ -16,6 +17,7 @@ __all__ = [
     "ConfigError",
     "InputSizeError",
     "PixelwiseError",
+    "Predictor",
     "ShapeError",
     "WeightsError",
     "__version__",

@@ -174,7 +174,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pixelwise.evaluate import evaluate
 
     metrics = evaluate(
-        args.checkpoint, args.data, split=args.split, out_dir=args.out, gallery_size=args.gallery, files=args.files
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        out_dir=args.out,
+        gallery_size=args.gallery,
+        files=args.files,
+        instances=args.instances,
+        instance_method=args.instance_method,
     )
     rows = [
         [name, _fmt(iou), _fmt(f1), _fmt(p), _fmt(r)]
@@ -185,6 +192,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(_table(rows, ["class", "IoU", "F1", "precision", "recall"]))
     summary = f"mean IoU {metrics['mean_iou']:.4f}  mean F1 {metrics['mean_f1']:.4f}"
     print(f"\n{summary}  pixel accuracy {metrics['accuracy']:.4f}")
+    if "instances" in metrics:
+        found = metrics["instances"]
+        keys = ("dsb_score", "pq", "sq", "rq", "f1", "precision", "recall", "count_error")
+        print(f"instances ({found['method']}): " + "  ".join(f"{k} {_fmt(found[k])}" for k in keys))
     print(f"report: {metrics['report']}")
     return 0
 
@@ -257,13 +268,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="output folder (default <run>/eval-<split>)")
     evaluate.add_argument("--gallery", type=int, default=8, help="number of example panels in the report")
     evaluate.add_argument("--files", default=None, help="only these files: a glob over file names, e.g. '2[0-4]'")
+    evaluate.add_argument(
+        "--instances",
+        action="store_true",
+        help="also score objects: precision/recall/F1 at IoU 0.5, DSB score, panoptic quality (true objects from "
+        "the data's instances/ folder, else connected components of the masks)",
+    )
+    evaluate.add_argument(
+        "--instance-method",
+        choices=("auto", "components", "watershed"),
+        default="auto",
+        help="how probabilities become objects (default auto: watershed for --target boundary models, else components)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from pixelwise.predict import add_predict_parser
+
+    add_predict_parser(commands)
+    from pixelwise.export_cli import add_export_parser
+
+    add_export_parser(commands)
 
     demo = commands.add_parser("demo", help="offline demo: synthetic data → training → evaluation → report")
     demo.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     demo.add_argument("--max-minutes", type=float, default=None, help="training budget in minutes (default 3)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+    from pixelwise.experiments.cli import add_experiment_parser
+
+    add_experiment_parser(commands)
     return parser
 
 

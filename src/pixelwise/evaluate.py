@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from pixelwise.data import ClassInfo, SegmentationFolder
 from pixelwise.errors import ConfigError
+from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path, load_checkpoint
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, from_pretrained
@@ -38,6 +39,14 @@ class LoadedModel:
     classes: ClassInfo
     run_dir: Path | None
     scale: float = 1.0
+    target: str = "semantic"
+    """What the model was trained on: ``semantic`` or ``boundary`` (background / interior / boundary)."""
+    separation_gap: int = 0
+    """Pixels cut from each side of touching objects in the training target (undone by ``to_instances``)."""
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[N, K, H, W]`` logits → probabilities: softmax, or sigmoid for a one-channel (binary) model."""
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
 
     @torch.inference_mode()
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
@@ -80,12 +89,22 @@ def load_model(path: str | Path) -> LoadedModel:
         preprocessing = json.loads(preprocessing_path.read_text())
         mean, std, scale = preprocessing["mean"], preprocessing["std"], float(preprocessing.get("scale", 1.0))
     else:  # a bare save_pretrained model: inputs in [0, 1] go in unchanged
-        mean, std, scale = [0.0] * model.in_channels, [1.0] * model.in_channels, 1.0
+        mean, std, scale, preprocessing = [0.0] * model.in_channels, [1.0] * model.in_channels, 1.0, {}
+    instance_facts = {
+        "target": str(preprocessing.get("target", "semantic")),
+        "separation_gap": int(preprocessing.get("separation_gap", 0)),
+    }
     classes_path = model_dir / "classes.yaml"
     classes = ClassInfo.load(classes_path) if classes_path.is_file() else ClassInfo.default(model.classes)
     shape = (1, -1, 1, 1)
     return LoadedModel(
-        model.eval(), torch.tensor(mean).view(shape), torch.tensor(std).view(shape), classes, run_dir, scale
+        model.eval(),
+        torch.tensor(mean).view(shape),
+        torch.tensor(std).view(shape),
+        classes,
+        run_dir,
+        scale,
+        **instance_facts,
     )
 
 
@@ -102,17 +121,36 @@ def evaluate(
     ignore_index: int | None = None,
     progress: bool = True,
     files: str | list[str] | None = None,
+    instances: bool = False,
+    instance_method: str = "auto",
 ) -> dict[str, Any]:
     """Compute metrics of a trained model on ``data``/``split`` and write the evaluation folder.
 
     Writes ``metrics.json``, ``confusion.png``, ``gallery/*.png`` and ``report.html`` into
     ``out_dir`` (default ``<run>/eval-<split>``) and returns the metrics dict (per-class lists
     with ``None`` for classes absent from both prediction and ground truth).
+
+    With ``instances``, each image's probabilities also become instances
+    (:func:`pixelwise.instances.to_instances` with ``instance_method``; ``"auto"``: watershed for a
+    boundary-target model, else components), scored against the data's ``instances/`` labels (else
+    the connected components of the mask) by :class:`pixelwise.instances.InstanceScores`; the means
+    go to ``metrics["instances"]`` and the report. A boundary-target model is scored semantically as
+    background / object.
     """
     loaded = load_model(model_path)
-    classes = loaded.classes
-    ignore = classes.ignore_index if ignore_index is None else ignore_index
-    dataset = SegmentationFolder(data, split=split, num_classes=len(classes.names), ignore_index=ignore, files=files)
+    ignore = loaded.classes.ignore_index if ignore_index is None else ignore_index
+    boundary = loaded.target == "boundary"
+    # a boundary model's 3 outputs are not the data's classes: read the masks with their own class list
+    dataset = SegmentationFolder(
+        data,
+        split=split,
+        num_classes=None if boundary else len(loaded.classes.names),
+        ignore_index=ignore,
+        files=files,
+        instances=instances,
+    )
+    classes = _object_classes(dataset.classes, ignore) if boundary else loaded.classes
+    scorer = InstanceScorer(loaded.target, loaded.separation_gap, instance_method) if instances else None
     if dataset.in_channels != loaded.model.in_channels:
         raise ConfigError(
             f"the images in {str(data)!r} have {dataset.in_channels} channels but the model expects "
@@ -129,8 +167,15 @@ def evaluate(
         items = tqdm(items, desc="evaluate", unit="image", leave=False)
     for index in items:
         sample = dataset[index]
-        labels = loaded.predict_logits(sample["image"]).argmax(1)
+        logits = loaded.predict_logits(sample["image"])
         target = sample["mask"][None]
+        if boundary:  # background / object, from background / interior / boundary
+            labels = (logits.argmax(1) != 0).long()
+            target = torch.where((target != 0) & (target != ignore), 1, target)
+        else:
+            labels = logits.argmax(1)
+        if scorer is not None:
+            scorer.update(loaded.probabilities(logits)[0], sample.get("instances"), sample["mask"], ignore)
         total.update(labels, target)
         single = ConfusionMatrix(len(classes.names), ignore_index=ignore)
         single.update(labels, target)
@@ -143,6 +188,8 @@ def evaluate(
     metrics["confusion_matrix"] = total.matrix.tolist()
     metrics["support"] = total.matrix.sum(1).tolist()
     metrics["images"] = len(dataset)
+    if scorer is not None:
+        metrics["instances"] = scorer.compute()
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     plot_confusion(total.matrix.numpy(), classes.names, out / "confusion.png")
@@ -163,8 +210,16 @@ def evaluate(
         gallery=gallery,
         config=config,
         notes=[f"model: {model_path}", f"data: {data} (split {split}, {len(dataset)} images)"],
+        instance_metrics=metrics.get("instances"),
     )
     return metrics
+
+
+def _object_classes(data_classes: ClassInfo, ignore: int) -> ClassInfo:
+    """Background / object classes for scoring a boundary-target model (the data's names when it has two)."""
+    if data_classes.num_classes == 2:
+        return data_classes
+    return ClassInfo(["background", "object"], [0, 1], ignore_index=ignore)
 
 
 def _write_gallery(dataset, per_image, classes, out: Path, size: int) -> list[dict[str, Any]]:

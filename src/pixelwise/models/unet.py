@@ -38,26 +38,33 @@ class UnetDecoder(nn.Module):
     the encoder has one (e.g. ConvNeXt has none at stride 2, VGG has one at stride 1).
     """
 
-    def __init__(self, encoder: TimmEncoder, decoder_channels: Sequence[int], upsampling: str, use_batchnorm: bool):
+    def __init__(
+        self,
+        feature_channels: Sequence[int],
+        feature_reductions: Sequence[int],
+        depth: int,
+        decoder_channels: Sequence[int],
+        upsampling: str,
+        use_batchnorm: bool,
+    ):
         super().__init__()
-        depth = encoder.depth
         if len(decoder_channels) != depth:
             raise ConfigError(
                 f"decoder_channels has {len(decoder_channels)} entries but encoder_depth={depth}; "
                 f"give one per decoder stage, e.g. {[2 ** (8 - i) for i in range(depth)]}."
             )
-        self.reductions = encoder.reductions
+        self.reductions = list(feature_reductions)
         self.skip_reductions = [2 ** (depth - 1 - i) for i in range(depth)]  # stride after each block
-        in_channels = [encoder.out_channels[-1], *decoder_channels[:-1]]
-        skip_channels = [self._skip_channels(encoder, r) for r in self.skip_reductions]
+        in_channels = [feature_channels[-1], *decoder_channels[:-1]]
+        skip_channels = [self._skip_channels(feature_channels, feature_reductions, r) for r in self.skip_reductions]
         self.blocks = nn.ModuleList(
             UnetDecoderBlock(i, s, o, upsampling, use_batchnorm)
             for i, s, o in zip(in_channels, skip_channels, decoder_channels, strict=True)
         )
 
     @staticmethod
-    def _skip_channels(encoder: TimmEncoder, reduction: int) -> int:
-        matches = [c for c, r in zip(encoder.out_channels, encoder.reductions, strict=True) if r == reduction]
+    def _skip_channels(channels: Sequence[int], reductions: Sequence[int], reduction: int) -> int:
+        matches = [c for c, r in zip(channels, reductions, strict=True) if r == reduction]
         return matches[-1] if matches else 0
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -80,6 +87,11 @@ class Unet(SegmentationModel):
             default ``(256, 128, 64, 32, 16)`` cut to ``encoder_depth`` entries.
         decoder_upsampling: ``"bilinear"``, ``"nearest"``, ``"transposed"`` or ``"pixelshuffle"``.
         decoder_use_batchnorm: BatchNorm in the decoder's convolutions.
+        decoder_full_resolution_channels: channels of a small stem (two 3×3 ConvBnAct) run on the
+            input at full resolution and concatenated in the last decoder block; 0 (default, as in
+            segmentation_models_pytorch) for none. Encoders such as ResNet or EfficientNet have
+            no stride-1 feature, so their last ×2 upsampling has no skip and edges come out
+            interpolated; thin structures (EM membranes) gain from this stem.
         in_channels: input image channels.
         classes: output channels (class scores).
         activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
@@ -99,6 +111,7 @@ class Unet(SegmentationModel):
         decoder_channels: Sequence[int] | None = None,
         decoder_upsampling: str = "nearest",
         decoder_use_batchnorm: bool = True,
+        decoder_full_resolution_channels: int = 0,
         in_channels: int = 3,
         classes: int = 1,
         activation: str | Callable | None = None,
@@ -109,11 +122,25 @@ class Unet(SegmentationModel):
         self.input_multiple = 2**encoder_depth
         if decoder_channels is None:
             decoder_channels = (256, 128, 64, 32, 16)[:encoder_depth]
-        self.decoder = UnetDecoder(self.encoder, decoder_channels, decoder_upsampling, decoder_use_batchnorm)
+        channels, reductions = list(self.encoder.out_channels), list(self.encoder.reductions)
+        self.full_resolution_stem: nn.Module | None = None
+        if decoder_full_resolution_channels:
+            stem_channels = decoder_full_resolution_channels
+            self.full_resolution_stem = nn.Sequential(
+                ConvBnAct(in_channels, stem_channels, use_batchnorm=decoder_use_batchnorm),
+                ConvBnAct(stem_channels, stem_channels, use_batchnorm=decoder_use_batchnorm),
+            )
+            channels, reductions = [stem_channels, *channels], [1, *reductions]
+        self.decoder = UnetDecoder(
+            channels, reductions, encoder_depth, decoder_channels, decoder_upsampling, decoder_use_batchnorm
+        )
         self.head = SegmentationHead(decoder_channels[-1], classes)
         self.activation = make_activation(activation)
         if encoder_freeze:
             self.freeze_encoder()
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        features = self.encoder(x)
+        if self.full_resolution_stem is not None:
+            features = [self.full_resolution_stem(x), *features]
+        return self.head(self.decoder(features))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import inspect
+import itertools
 import typing
 from typing import Any
 
@@ -11,21 +15,19 @@ import yaml
 
 from pixelwise.training.config import TrainConfig
 
-SHORT_HELP = {
-    "data": "data folder with train/ and val/ splits (images/ + masks/ in each)",
-    "model": "architecture (see `pixelwise models`)",
-    "encoder": "timm encoder name, e.g. resnet34",
-    "classes": "number of classes K (default: from classes.yaml or the masks)",
-    "epochs": "number of epochs",
-    "max_minutes": "stop training after this many minutes",
-    "crop": "training crop size in pixels",
-    "augment": "augmentation preset: none, light, strong",
-    "loss": "loss name or sum, e.g. ce+dice or 'ce + 0.5*dice'",
-    "class_weights": "'median' (median-frequency balancing) or a list like [1, 2.5, 4]",
-    "model_options": "extra architecture options as YAML, e.g. '{decoder_channels: [128, 64, 32, 16, 16]}'",
-    "loss_options": "extra loss options as YAML, e.g. '{gamma: 2}'",
-    "devices": "number of devices (processes) per node, e.g. 2 with --strategy ddp",
-}
+
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's docstring, so that ``--help`` and the code say the same thing."""
+    tree = ast.parse(inspect.getsource(TrainConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    helps = {}
+    for field_node, doc_node in itertools.pairwise(body):
+        if isinstance(field_node, ast.AnnAssign) and isinstance(doc_node, ast.Expr):
+            text = " ".join(str(doc_node.value.value).split()).replace("``", "")  # type: ignore[attr-defined]
+            # argparse formats help with %: a literal percent sign must be doubled
+            helps[field_node.target.id] = text.rstrip(".").replace("%", "%%")  # type: ignore[attr-defined]
+    return helps
 
 
 def _parse_yaml(text: str) -> Any:
@@ -58,7 +60,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        help_text = SHORT_HELP.get(field.name, field.name.replace("_", " "))
+        help_text = field_help().get(field.name, field.name.replace("_", " "))
         if hints[field.name] is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=f"{help_text} (default {default})"

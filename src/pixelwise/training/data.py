@@ -7,9 +7,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from pixelwise.data import SegmentationFolder, build_transforms
+from pixelwise.instances import TargetOptions, training_targets
+from pixelwise.training.config import TrainConfig
 
 
 def pad_collate(samples: list[dict[str, Any]], ignore_index: int) -> dict[str, Any]:
@@ -70,6 +72,30 @@ class ScaledTransform:
         return self.transform(*parts) if self.transform is not None else parts
 
 
+class InstanceTargets(Dataset):
+    """A dataset whose items get their training target after augmentation: separation gaps, the boundary
+    target and the U-Net weight map (:func:`pixelwise.instances.training_targets`), from the item's
+    ``instances`` (else the connected components of its mask). Adds ``item["weight_map"]`` (float32
+    ``[H, W]``) when a weight map is asked for, and drops ``instances``."""
+
+    def __init__(self, dataset: SegmentationFolder, options: TargetOptions) -> None:
+        self.dataset, self.options = dataset, options
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        instances = item.pop("instances", None)
+        mask, weights = training_targets(
+            item["mask"].numpy(), instances.numpy() if instances is not None else None, self.options
+        )
+        item["mask"] = torch.from_numpy(mask)
+        if weights is not None:
+            item["weight_map"] = torch.from_numpy(weights)
+        return item
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """Training crops with augmentation and whole validation images, from one data folder.
 
@@ -86,7 +112,10 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         config = self.config
-        common = {"num_classes": self.num_classes, "ignore_index": config["ignore_index"]}
+        targets = TrainConfig(**config).target_options()
+        # a boundary-target model predicts 3 classes; the masks keep the data's own (checked by their class file)
+        data_classes = None if targets.num_classes else self.num_classes
+        common = {"num_classes": data_classes, "ignore_index": config["ignore_index"], "instances": targets.active}
         augment = build_transforms(config["augment"], crop_size=config["crop"], ignore_index=config["ignore_index"])
         train_transform = ScaledTransform(config["scale"], augment) if config["scale"] != 1 else augment
         val_transform = ScaledTransform(config["scale"]) if config["scale"] != 1 else None
@@ -100,6 +129,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set = SegmentationFolder(
             config["data"], split=config["val_split"], files=config["val_files"], transform=val_transform, **common
         )
+        if targets.active:
+            self.train_set = InstanceTargets(self.train_set, targets)
+            self.val_set = InstanceTargets(self.val_set, targets)
 
     def train_dataloader(self) -> DataLoader:
         config = self.config

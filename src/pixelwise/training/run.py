@@ -10,6 +10,7 @@ Checkpoints are written under a temporary name and renamed, and read back with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -22,8 +23,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pixelwise.data import ClassInfo, check_dataset
+from pixelwise.data import ClassInfo, check_dataset, default_palette
 from pixelwise.errors import ConfigError
+from pixelwise.instances import BOUNDARY_CLASSES
 from pixelwise.io import atomic_path, load_checkpoint
 from pixelwise.training.callbacks import EpochRecords
 from pixelwise.training.config import TrainConfig
@@ -34,6 +36,10 @@ MONITOR = "val_miou"
 # the run directory holds config.yaml before the first checkpoint: that is expected, not a problem
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning, not ours
+# Lightning advertises a cloud logger on every fit; a training log is not the place for it
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not str(record.msg).startswith("💡 Tip")
+)
 RUN_NAME_ENV = "PIXELWISE_RUN_NAME"
 """Carries an auto-generated run name to the DDP worker processes, which re-run the command line."""
 
@@ -88,19 +94,21 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
             f"run directory {str(run_dir)!r} already holds a run; continue it with --resume {run_dir} "
             "or choose another --name."
         )
+    targets = config.target_options()
+    # a boundary-target run predicts 3 classes of its own: the data are checked against their own classes
+    data_classes = None if targets.num_classes else config.classes
     train_report = check_dataset(
         config.data,
         split=config.train_split,
-        num_classes=config.classes,
+        num_classes=data_classes,
         ignore_index=config.ignore_index,
         files=config.train_files,
     )
     train_report.raise_if_bad()
-    classes = config.classes or train_report.num_classes
     val_report = check_dataset(
         config.data,
         split=config.val_split,
-        num_classes=classes,
+        num_classes=data_classes or train_report.num_classes,
         ignore_index=config.ignore_index,
         files=config.val_files,
     )
@@ -110,8 +118,10 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
             f"the {config.train_split} images have {train_report.in_channels} channels but the "
             f"{config.val_split} images have {val_report.in_channels}; all images must have the same channels."
         )
-    if config.class_weights == "median":
-        weights = [float(w) for w in train_report.median_frequency_weights]
+    classes = targets.num_classes or config.classes or train_report.num_classes
+    if config.class_weights in ("median", "sqrt_median"):
+        power = 0.5 if config.class_weights == "sqrt_median" else 1.0
+        weights = [float(w) ** power for w in train_report.median_frequency_weights]
     elif isinstance(config.class_weights, list | tuple):
         if len(config.class_weights) != classes:
             raise ConfigError(f"class_weights has {len(config.class_weights)} entries for {classes} classes.")
@@ -198,9 +208,15 @@ def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config:
         "input_range": "unit",  # images are scaled to [0, 1] (8-bit / 255, 16-bit / 65535) before mean/std
         "scale": config.scale,  # the model predicts on images resized by this factor
         "ignore_index": config.ignore_index,
+        # how the outputs become instances: the target's classes, and the gaps cut between touching objects
+        "target": config.target,
+        "separation_gap": config.target_options().effective_gap,
     }
     with atomic_path(model_dir / "preprocessing.json") as tmp:
         tmp.write_text(json.dumps(preprocessing, indent=2) + "\n")
-    classes = ClassInfo.find(config.data) or ClassInfo.default(facts["classes"])
+    if config.target == "boundary":
+        classes = ClassInfo(list(BOUNDARY_CLASSES), list(range(len(BOUNDARY_CLASSES))), default_palette(3))
+    else:
+        classes = ClassInfo.find(config.data) or ClassInfo.default(facts["classes"])
     classes.save(model_dir / "classes.yaml")
     return model_dir

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from pixelwise.errors import ConfigError
 from pixelwise.losses import get_loss
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
@@ -59,6 +60,8 @@ class SegmentationTask(L.LightningModule):
         self.config = config
         self.classes = classes
         self.model = build_model(config, in_channels, classes)
+        self.memory_format = torch.channels_last if config.get("channels_last") else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.loss = self.configure_loss()
@@ -68,16 +71,22 @@ class SegmentationTask(L.LightningModule):
         options = dict(self.config.get("loss_options") or {})
         if self.hparams.class_weights is not None:
             options["class_weights"] = self.hparams.class_weights
-        return get_loss(
+        loss = get_loss(
             self.config["loss"], mode=self.config["mode"], ignore_index=self.config["ignore_index"], **options
         )
+        if self.config.get("loss_weight_map") and not getattr(loss, "accepts_weight_map", False):
+            raise ConfigError(
+                f"loss_weight_map={self.config['loss_weight_map']!r} needs a per-pixel loss, but loss "
+                f"{self.config['loss']!r} has none; use e.g. --loss ce or --loss ce+dice."
+            )
+        return loss
 
     def configure_metrics(self) -> ConfusionMatrix:
         return ConfusionMatrix(self.classes, mode=self.config["mode"], ignore_index=self.config["ignore_index"])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, C, H, W]`` images in [0, 1] → ``[N, K, H, W]`` logits."""
-        return self.model((images - self.mean) / self.std)
+        return self.model(((images - self.mean) / self.std).contiguous(memory_format=self.memory_format))
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["image"])

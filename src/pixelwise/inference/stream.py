@@ -1,0 +1,241 @@
+"""Streaming prediction of large TIFF / OME-TIFF images: one band of tiles in memory at a time.
+
+:class:`TiffSource` reads rows ``y0 ≤ y < y1`` of the first image series (full resolution) by
+reading and decoding only the strips or tiles that hold them (uncompressed strips are read row by
+row straight from the file), so neither the input nor the output image ever lives in memory.
+(``tifffile.memmap`` would also work for uncompressed files, but every page it touches stays in the
+process's resident memory; plain reads keep the peak at one band.) :func:`predict_tiff` writes the
+labels as a tiled TIFF as bands finish, and optionally the probabilities as a ``float16 [K, H, W]``
+``.npy`` file written band by band; both go to temporary names first and are renamed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from pixelwise.data.folder import MAX_CHW_CHANNELS, DataError
+from pixelwise.inference.predictor import Predictor, labels_from_scores
+from pixelwise.io import atomic_path
+
+OUTPUT_TILE = 256
+"""Side of the tiles of the written label TIFF."""
+BIGTIFF_BYTES = 2**31
+"""Write BigTIFF above this many bytes of pixel data (classic TIFF offsets are 32-bit)."""
+
+
+class TiffSource:
+    """The first series of a TIFF file, full resolution, as ``[C, H, W]`` rows read on demand.
+
+    Channels are the samples of a page (RGB, planar or interleaved) and, for files with one page
+    per channel (OME-TIFF ``CYX``), the pages. Use as a context manager, or call :meth:`close`.
+
+    Raises:
+        DataError: unreadable file, a volume (depth > 1) or more than 16 channels.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+            level = self._tif.series[0].levels[0]
+        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as error:
+            raise DataError(f"cannot read TIFF {str(self.path)!r}: {error}") from error
+        self._pages = [page for page in level.pages if page is not None]
+        key = self._pages[0].keyframe
+        samples, depth, height, width, contig = key.shaped
+        channels = len(self._pages) * samples * contig
+        if depth != 1 or channels > MAX_CHW_CHANNELS:
+            self.close()
+            raise DataError(
+                f"TIFF {str(self.path)!r} holds an array of shape {list(level.shape)} (axes {level.axes}); "
+                f"expected one 2-D image with at most {MAX_CHW_CHANNELS} channels."
+            )
+        self.shape = (channels, height, width)
+        self.dtype = np.dtype(key.dtype)
+
+    def __enter__(self) -> TiffSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tif.close()
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0 ≤ y < y1`` as ``[C, y1 - y0, W]`` in the stored dtype."""
+        parts = [self._read_page(page, y0, y1) for page in self._pages]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _read_page(self, page: Any, y0: int, y1: int) -> np.ndarray:
+        key = page.keyframe
+        samples, _, _, width, contig = key.shaped
+        out = np.zeros((samples, y1 - y0, width, contig), dtype=self.dtype)
+        raw = key.compression == 1 and key.predictor == 1 and key.bitspersample == 8 * self.dtype.itemsize
+        if raw and not key.is_tiled:
+            self._read_raw_rows(page, out, y0, y1)
+        else:
+            self._read_segments(page, out, y0, y1)
+        return out.transpose(0, 3, 1, 2).reshape(samples * contig, y1 - y0, width)
+
+    def _read_raw_rows(self, page: Any, out: np.ndarray, y0: int, y1: int) -> None:
+        key, fh = page.keyframe, self._tif.filehandle
+        samples, _, height, width, contig = key.shaped
+        per_strip = min(key.rowsperstrip or height, height)
+        per_plane, row_bytes = math.ceil(height / per_strip), width * contig * self.dtype.itemsize
+        dtype = self.dtype.newbyteorder(self._tif.byteorder)
+        for plane in range(samples):
+            for strip in range(y0 // per_strip, (y1 - 1) // per_strip + 1):
+                first, last = max(y0, strip * per_strip), min(y1, (strip + 1) * per_strip)
+                fh.seek(page.dataoffsets[plane * per_plane + strip] + (first - strip * per_strip) * row_bytes)
+                data = np.frombuffer(fh.read((last - first) * row_bytes), dtype=dtype)
+                out[plane, first - y0 : last - y0] = data.reshape(last - first, width, contig)
+
+    def _read_segments(self, page: Any, out: np.ndarray, y0: int, y1: int) -> None:
+        key = page.keyframe
+        samples, _, height, width, _ = key.shaped
+        if key.is_tiled:
+            seg_h, across = key.tilelength, math.ceil(width / key.tilewidth)
+        else:
+            seg_h, across = min(key.rowsperstrip or height, height), 1
+        per_plane = math.ceil(height / seg_h) * across
+        indices = [
+            plane * per_plane + row * across + column
+            for plane in range(samples)
+            for row in range(y0 // seg_h, (y1 - 1) // seg_h + 1)
+            for column in range(across)
+        ]
+        offsets = [page.dataoffsets[i] for i in indices]
+        counts = [page.databytecounts[i] for i in indices]
+        for data, index in self._tif.filehandle.read_segments(offsets, counts, indices=indices, sort=True):
+            segment, (plane, _, top, left, _), _ = key.decode(data, index, jpegtables=key.jpegtables)
+            if segment is None:  # an empty (never written) segment reads as zeros
+                continue
+            segment = segment[0]
+            first, last = max(y0, top), min(y1, top + segment.shape[0], height)
+            right = min(left + segment.shape[1], width)
+            out[plane, first - y0 : last - y0, left:right] = segment[first - top : last - top, : right - left]
+
+
+class _NpyBands:
+    """A ``float16 [K, H, W]`` ``.npy`` file written band by band (seek + write per class plane)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by close(), which the caller's finally runs
+        self.shape = shape
+        np.lib.format.write_array_header_1_0(self.file, {"descr": "<f2", "fortran_order": False, "shape": shape})
+        self.offset = self.file.tell()
+
+    def write(self, row0: int, scores: np.ndarray) -> None:
+        classes, height, width = self.shape
+        for k in range(classes):
+            self.file.seek(self.offset + 2 * (k * height * width + row0 * width))
+            self.file.write(scores[k].astype("<f2").tobytes())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _label_tiles(
+    first: tuple[int, np.ndarray], bands: Iterator, width: int, tile: int, dtype: np.dtype, probs: _NpyBands | None
+) -> Iterator[np.ndarray]:
+    """Label tiles ``[tile, tile]`` in row-major order (zero-padded at the right and bottom edges)."""
+    buffer = np.zeros((tile, math.ceil(width / tile) * tile), dtype=dtype)
+    filled = 0
+    for row0, scores in _chain(first, bands):
+        if probs is not None:
+            probs.write(row0, scores)
+        labels = labels_from_scores(scores)
+        used = 0
+        while used < labels.shape[0]:
+            take = min(tile - filled, labels.shape[0] - used)
+            buffer[filled : filled + take, :width] = labels[used : used + take]
+            filled, used = filled + take, used + take
+            if filled == tile:
+                yield from (buffer[:, x : x + tile].copy() for x in range(0, buffer.shape[1], tile))
+                filled = 0
+    if filled:
+        buffer[filled:] = 0
+        yield from (buffer[:, x : x + tile].copy() for x in range(0, buffer.shape[1], tile))
+
+
+def _chain(first: tuple[int, np.ndarray], rest: Iterator) -> Iterator[tuple[int, np.ndarray]]:
+    yield first
+    yield from rest
+
+
+def predict_to_tiff(
+    predictor: Predictor,
+    image: Any,
+    output_path: str | os.PathLike,
+    probs_path: str | os.PathLike | None = None,
+    tile: int = OUTPUT_TILE,
+    compression: str | None = None,
+) -> Path:
+    """Predict ``image`` (anything :meth:`Predictor.predict` takes, or a :class:`TiffSource`) band by
+    band into a tiled label TIFF (uint8, int32 beyond 256 classes) and optionally a probabilities
+    ``.npy`` (``float16 [K, H, W]``). Returns ``output_path``."""
+    source = predictor.as_source(image)
+    _, height, width = source.shape
+    bands = predictor.bands(source)
+    first = next(bands)
+    classes = first[1].shape[0]
+    dtype = labels_from_scores(first[1][:, :1, :1]).dtype
+    output_path = Path(output_path)
+    with contextlib.ExitStack() as stack:
+        labels_tmp = stack.enter_context(atomic_path(output_path))
+        probs = None
+        if probs_path is not None:
+            probs = _NpyBands(stack.enter_context(atomic_path(probs_path)), (classes, height, width))
+            stack.callback(probs.close)
+        tiles = _label_tiles(first, bands, width, tile, dtype, probs)
+        bigtiff = height * width * dtype.itemsize > BIGTIFF_BYTES
+        with tifffile.TiffWriter(labels_tmp, bigtiff=bigtiff) as writer:
+            writer.write(
+                tiles,
+                shape=(height, width),
+                dtype=dtype,
+                tile=(tile, tile),
+                compression=compression,
+                photometric="minisblack",
+            )
+        if probs is not None:
+            probs.close()  # flush before atomic_path renames it
+    return output_path
+
+
+def predict_tiff(
+    predictor: Predictor,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    probs_path: str | os.PathLike | None = None,
+    tile: int = OUTPUT_TILE,
+    compression: str | None = None,
+) -> Path:
+    """Stream a (large) TIFF / OME-TIFF through ``predictor`` into a tiled label TIFF.
+
+    Peak memory is about one band of tiles: ``tile_size × W`` input pixels and ``K × tile_size × W``
+    float32 scores (plus ``OUTPUT_TILE × W`` labels). The labels equal
+    ``predictor.predict_labels`` on the whole image.
+
+    Args:
+        predictor: the :class:`Predictor` to use (its tile size sets the band height).
+        input_path: TIFF file; its first series at full resolution is read.
+        output_path: label TIFF to write (``tile × tile`` tiles, uint8, int32 beyond 256 classes).
+        probs_path: optional ``.npy`` file for the probabilities, ``float16 [K, H, W]``.
+        compression: TIFF compression of the labels, e.g. ``"zlib"`` (default none).
+
+    Example:
+        >>> predictor = Predictor.from_pretrained("runs/x", tile_size=512)  # doctest: +SKIP
+        >>> predict_tiff(predictor, "slide.tif", "labels.tif")  # doctest: +SKIP
+    """
+    with TiffSource(input_path) as source:
+        return predict_to_tiff(predictor, source, output_path, probs_path, tile, compression)

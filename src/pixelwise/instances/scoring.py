@@ -1,0 +1,64 @@
+"""Scoring a model's predictions as instances, image by image (``pixelwise evaluate --instances``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelwise.errors import unknown_name
+from pixelwise.instances.metrics import InstanceScores
+from pixelwise.instances.postprocess import METHODS, to_instances
+from pixelwise.instances.weights import instances_from_mask
+from pixelwise.modes import IGNORE_INDEX
+
+
+def default_method(target: str) -> str:
+    """The post-processing that suits a training target: watershed from the interior for the boundary
+    target, connected components otherwise (a model trained with separation gaps leaves them open)."""
+    return "watershed" if target == "boundary" else "components"
+
+
+class InstanceScorer:
+    """Turn each image's class probabilities into instances and score them against the true instances.
+
+    Args:
+        target: what the model was trained on (``semantic`` or ``boundary``).
+        separation_gap: the training target's separation gap, closed again after post-processing.
+        method: ``components``, ``watershed`` or ``auto`` (:func:`default_method`).
+    """
+
+    def __init__(self, target: str = "semantic", separation_gap: int = 0, method: str = "auto") -> None:
+        if method == "auto":
+            method = default_method(target)
+        if method not in METHODS:
+            raise unknown_name("instance method", method, (*METHODS, "auto"))
+        self.target, self.separation_gap, self.method = target, separation_gap, method
+        self.scores = InstanceScores()
+
+    def update(
+        self,
+        probs: torch.Tensor | np.ndarray,
+        true: torch.Tensor | np.ndarray | None,
+        mask: torch.Tensor | np.ndarray | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> dict[str, float]:
+        """Score one image and return its metrics.
+
+        Shape:
+            ``probs`` ``[K, H, W]``; ``true`` int ``[H, W]`` instance labels, or None: then the connected
+            components of ``mask`` (int ``[H, W]`` class ids) stand in for them.
+        """
+        pred = to_instances(probs, self.method, target=self.target, close_gap=self.separation_gap)
+        if true is None:
+            true = instances_from_mask(np.asarray(mask), ignore_index)
+        return self.scores.update(pred, np.asarray(true))
+
+    def compute(self) -> dict[str, Any]:
+        """The results of :meth:`InstanceScores.compute` (NaN as None, for JSON) and the method used."""
+        results = self.scores.compute()
+        return {"method": self.method} | {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in results.items()
+        }
