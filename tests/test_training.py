@@ -282,3 +282,17 @@ def test_demo_command_plumbing(tmp_path):
     assert saved["mean_iou"] == pytest.approx(metrics["mean_iou"])
     assert (tmp_path / "demo" / "report.html").is_file()
     assert len(list((tmp_path / "demo" / "predictions").glob("*-overlay.png"))) == 4
+
+
+def test_class_weightings_are_validated():
+    assert TrainConfig(data="d", class_weights="sqrt_median").validate().class_weights == "sqrt_median"
+    with pytest.raises(ConfigError, match="'median' or 'sqrt_median' or a list"):
+        TrainConfig(data="d", class_weights="mean").validate()
+
+
+def test_train_help_comes_from_the_config_docstrings():
+    from pixelwise.training.cli_args import field_help
+
+    helps = field_help()
+    assert "median-frequency" in helps["class_weights"]
+    assert helps["channels_last"].startswith("Train in the channels-last")
