@@ -119,6 +119,16 @@ def test_onnx_export_of_size_dependent_ops(tmp_path, arch, options):
     assert np.abs(run_onnx(tmp_path / "m.onnx", x) - eager(model, x).numpy()).max() < 1e-4
 
 
+def test_onnx_export_of_the_valid_convolution_unet(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = create_model("unet2015", in_channels=1, base_channels=4, depth=2).eval()
+    export_onnx(model, tmp_path / "m.onnx", sample_size=SAMPLE)
+    x = torch.randn(1, 1, model.valid_input_size(90), model.valid_input_size(120))
+    out, expected = run_onnx(tmp_path / "m.onnx", x), eager(model, x).numpy()
+    assert out.shape == expected.shape and np.abs(out - expected).max() < 1e-4 * max(1, np.abs(expected).max())
+
+
 def saved_model(directory, scale=1.0):
     model = tiny_unet()
     model.save_pretrained(directory)
@@ -177,6 +187,7 @@ def test_int8_labels_mostly_agree_with_fp32(exported, tmp_path):
 # -- TorchScript ----------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
 def test_torchscript_round_trip_at_other_size(tmp_path):
     model = tiny_unet()
     report = export_torchscript(model, tmp_path / "m.pt", sample_size=SAMPLE)
@@ -206,6 +217,26 @@ def test_export_command_on_a_saved_model(tmp_path, capsys, fmt):
         props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         assert json.loads(props["std"]) == pytest.approx([0.2, 0.25, 0.3])
         assert json.loads(props["classes"]) == ["class_0", "class_1", "class_2"]
+
+
+def test_export_command_int8_with_calibration_images(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from pixelwise.inference.onnx_runtime import OnnxModel
+
+    saved = saved_model(tmp_path / "model")
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    for index in range(3):
+        pixels = np.random.default_rng(index).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "data" / "images" / f"{index}.png")
+    out = tmp_path / "model.onnx"
+    args = ["export", "--model", str(saved), "--out", str(out), "--size", "64", "64", "--int8"]
+    assert main([*args, "--calibration-data", str(tmp_path / "data")]) == 0
+    assert "calibrated on" in capsys.readouterr().out and (tmp_path / "model.fp32.onnx").is_file()
+    quantized = OnnxModel(out)
+    assert quantized.metadata["precision"] == "int8" and quantized.metadata["std"] == [0.2, 0.25, 0.3]
+    assert quantized(torch.randn(1, 3, 50, 70)).shape == (1, 3, 50, 70)
 
 
 def test_export_command_missing_model(tmp_path, capsys):

@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_OPSET", "ExportError", "ExportReport", "export_onnx", "expor
 
 DEFAULT_OPSET = 17
 """ONNX opset: has every operator pixelwise models need, and runtimes from 2022 on read it."""
+EXPORTERS = ("torchscript", "dynamo")
 TORCHSCRIPT_METADATA = "pixelwise.json"
 """Name of the extra file holding the metadata inside a TorchScript archive."""
 
@@ -66,8 +67,11 @@ class ExportReport:
         result = "not verified"
         if self.max_abs_diff is not None:
             result = f"max abs diff vs PyTorch {self.max_abs_diff:.3g} at input {list(self.verified_shape or ())}"
-            if self.label_mismatches is not None:
-                result = f"{self.label_mismatches} labels differ from PyTorch (logit margin ≤ {self.max_abs_diff:.3g})"
+            if self.label_mismatches == 0:
+                result = f"labels identical to PyTorch's at input {list(self.verified_shape or ())}"
+            elif self.label_mismatches is not None:
+                margin = f"{self.max_abs_diff:.2g}"
+                result = f"{self.label_mismatches} labels differ from PyTorch's, at near-ties (margins ≤ {margin})"
         return f"{self.format}: {self.path} ({self.input_format} → {self.output}; {result})"
 
 
@@ -146,6 +150,8 @@ def export_onnx(
         >>> print(report.max_abs_diff)  # doctest: +SKIP
         3.1e-06
     """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter={exporter!r}: choose one of {', '.join(map(repr, EXPORTERS))}.")
     onnx = check.import_optional("onnx")
     if verify:
         check.import_optional("onnxruntime")

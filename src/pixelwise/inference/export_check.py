@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,7 +73,8 @@ def resolve(model: Any, in_channels: int | None, mean: Any, std: Any) -> tuple[n
     info["in_channels"] = channels
     for name, given, neutral in (("mean", mean, 0.0), ("std", std, 1.0)):
         values = given if given is not None else info[name] or [neutral] * channels
-        values = [float(v) for v in torch.as_tensor(values).flatten().tolist()]
+        # float32 is what the graph computes with; str() gives its shortest form (0.2, not 0.20000000298)
+        values = [float(str(np.float32(v))) for v in torch.as_tensor(values).flatten().tolist()]
         if len(values) not in (1, channels):
             raise ConfigError(f"{name} has {len(values)} values but the model takes {channels} input channels.")
         info[name] = values
