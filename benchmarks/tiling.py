@@ -4,10 +4,12 @@ Part 1 predicts a ``--big``² RGB image with Unet-resnet34 (random weights, Batc
 calibrated on random data so the logits are of a realistic size) in 512 tiles, overlap 0.25,
 Gaussian blending, with both libraries, interleaving the runs; it prints the median times, the
 speed ratio and the largest difference between the two probability maps (both blend softmax
-probabilities; pixelwise's path is fp32 with ``padding_mode="constant"``, MONAI's geometry).
+probabilities; pixelwise's paths are fp32 with ``padding_mode="constant"`` and MONAI's tile layout,
+``fit_tiles=False``), once with the torch backend and once with ONNX Runtime.
 
 Part 2 streams TIFFs of ``--sizes`` megapixels (1 Mpx = 1024²) through ``predict_tiff``, each in a
-fresh subprocess, and prints seconds per megapixel and the subprocess's peak resident memory.
+fresh subprocess, with the Predictor's defaults (fitted tiles), and prints seconds per megapixel and
+the subprocess's peak resident memory.
 
 Usage::
 
@@ -18,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import resource
@@ -51,7 +54,9 @@ def build_model() -> torch.nn.Module:
     return model.eval()
 
 
-def predictor(model: torch.nn.Module | Path, args: argparse.Namespace) -> Predictor:
+def predictor(
+    model: torch.nn.Module | Path, args: argparse.Namespace, backend: str = "torch", fit_tiles: bool = True
+) -> Predictor:
     return Predictor(
         model,
         tile_size=args.tile,
@@ -61,6 +66,8 @@ def predictor(model: torch.nn.Module | Path, args: argparse.Namespace) -> Predic
         padding_mode="constant",
         device="cpu",
         channels_last=not args.no_channels_last,
+        backend=backend,
+        fit_tiles=fit_tiles,
     )
 
 
@@ -68,7 +75,11 @@ def compare_with_monai(args: argparse.Namespace) -> None:
     from monai.inferers import sliding_window_inference
 
     model = build_model()
-    ours = predictor(model, args)
+    ours = predictor(model, args, fit_tiles=False)  # MONAI's tile layout, so the results are comparable
+    contenders = {"pixelwise": lambda: ours.predict(image)}
+    if not args.skip_onnxruntime:  # the same fp32 graph, BatchNorm folded, exported to ONNX Runtime
+        ours_ort = predictor(copy.deepcopy(model), args, backend="onnxruntime", fit_tiles=False)
+        contenders["pixelwise-ort"] = lambda: ours_ort.predict(image)
     image = torch.rand(3, args.big, args.big, generator=torch.Generator().manual_seed(SEED))
 
     def monai() -> torch.Tensor:
@@ -78,25 +89,29 @@ def compare_with_monai(args: argparse.Namespace) -> None:
                 overlap=0.25, mode="gaussian",
             )[0]  # fmt: skip
 
-    times: dict[str, list[float]] = {"pixelwise": [], "monai": []}
+    contenders["monai"] = monai
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     results = {}
-    for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit both alike
-        for name, run in (("pixelwise", lambda: ours.predict(image)), ("monai", monai)):
+    for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit all alike
+        for name, run in contenders.items():
             start = time.perf_counter()
-            results[name] = run()
+            results[name] = np.asarray(run())
             times[name].append(time.perf_counter() - start)
-    difference = float(np.abs(results["pixelwise"] - results["monai"].numpy()).max())
+    differences = {
+        name: float(np.abs(result - results["monai"]).max()) for name, result in results.items() if name != "monai"
+    }
     medians = {name: statistics.median(values) for name, values in times.items()}
     setup = f"tile {args.tile}, overlap 0.25, gaussian, batch {args.batch_size}"
     print(f"\n{args.big}×{args.big} RGB, Unet-resnet34, {setup}")
     print(f"threads {torch.get_num_threads()}, repeats {args.repeats}, channels_last {ours.channels_last}")
-    print(f"{'library':<10} {'median s':>9} {'Mpx/s':>7}")
+    print(f"{'library':<14} {'median s':>9} {'Mpx/s':>7} {'vs monai':>9} {'max |Δp| vs monai':>18}")
     for name, median in medians.items():
-        print(f"{name:<10} {median:9.2f} {args.big**2 / 2**20 / median:7.2f}")
-    print(f"speed ratio (monai / pixelwise): {medians['monai'] / medians['pixelwise']:.2f}×")
-    print(f"max |probability difference|: {difference:.2e} (tolerance {TOLERANCE:g})")
-    if difference > TOLERANCE:
-        raise SystemExit(f"pixelwise and MONAI disagree by {difference:.2e} > {TOLERANCE:g}")
+        ratio = medians["monai"] / median
+        difference = f"{differences[name]:.2e}" if name in differences else "-"
+        print(f"{name:<14} {median:9.2f} {args.big**2 / 2**20 / median:7.2f} {ratio:8.2f}× {difference:>18}")
+    worst = max(differences.values())
+    if worst > TOLERANCE:
+        raise SystemExit(f"pixelwise and MONAI disagree by {worst:.2e} > {TOLERANCE:g}")
 
 
 def write_input(path: Path, side: int) -> None:
@@ -115,7 +130,17 @@ def write_input(path: Path, side: int) -> None:
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    """This process's peak resident memory in MB.
+
+    Linux's ``VmHWM`` belongs to the address space, which ``exec`` replaces; ``getrusage``'s
+    ``ru_maxrss`` would also count the parent's resident size at ``fork`` (gigabytes after part 1).
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux, bytes on macOS
 
 
 def child(args: argparse.Namespace) -> None:
@@ -129,11 +154,13 @@ def child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     predict_tiff(run, args.child[0], args.child[1])
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "baseline_mb": baseline, "peak_mb": peak_mb()}))
+    plan_y, plan_x = run.plans(*tifffile.TiffFile(args.child[0]).pages[0].shape[:2])
+    tiles, side = len(plan_y.starts) * len(plan_x.starts), plan_x.tile_in
+    print(json.dumps({"seconds": seconds, "baseline_mb": baseline, "peak_mb": peak_mb(), "tiles": tiles, "tile": side}))
 
 
 def streaming_table(args: argparse.Namespace) -> None:
-    rows = []
+    rows, layouts = [], []
     with tempfile.TemporaryDirectory(prefix="pixelwise-bench-") as folder:
         model_dir = build_model().save_pretrained(Path(folder) / "model")
         for megapixels in args.sizes:
@@ -147,17 +174,20 @@ def streaming_table(args: argparse.Namespace) -> None:
             result = subprocess.run(command, capture_output=True, text=True, check=True)
             report = json.loads(result.stdout.strip().splitlines()[-1])
             rows.append((side, side * side / 2**20, report["seconds"], report["baseline_mb"], report["peak_mb"]))
+            layouts.append(f"{report['tiles']} × {report['tile']}²")
             source.unlink()
             target.unlink()
     print(f"\nstreaming TIFF → TIFF, Unet-resnet34, tile {args.tile}, batch {args.batch_size}")
     print("(baseline: peak RSS after imports, model loading and BatchNorm folding, before predicting)")
-    print(f"{'size':>11} {'Mpx':>6} {'seconds':>8} {'s/Mpx':>7} {'baseline MB':>12} {'peak RSS MB':>12}")
-    for side, megapixels, seconds, baseline, peak in rows:
+    print(f"{'size':>11} {'Mpx':>6} {'tiles':>11} {'seconds':>8} {'s/Mpx':>7} {'baseline MB':>12} {'peak RSS MB':>12}")
+    for (side, megapixels, seconds, baseline, peak), layout in zip(rows, layouts, strict=True):
         per = seconds / megapixels
-        print(f"{side:>5}×{side:<5} {megapixels:6.2f} {seconds:8.2f} {per:7.2f} {baseline:12.0f} {peak:12.0f}")
+        size = f"{side}×{side}"
+        print(f"{size:>11} {megapixels:6.2f} {layout:>11} {seconds:8.2f} {per:7.2f} {baseline:12.0f} {peak:12.0f}")
     per_mpx = [row[2] / row[1] for row in rows]
-    spread = (max(per_mpx) - min(per_mpx)) / statistics.median(per_mpx)
-    print(f"s/Mpx spread across sizes: {100 * spread:.0f} % of the median")
+    median = statistics.median(per_mpx)
+    low, high = min(per_mpx) / median - 1, max(per_mpx) / median - 1
+    print(f"s/Mpx relative to the median over sizes: {100 * low:+.1f} % … {100 * high:+.1f} %")
 
 
 def main() -> None:
@@ -170,6 +200,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-channels-last", action="store_true", help="NCHW layout for pixelwise's model")
     parser.add_argument("--skip-monai", action="store_true", help="only the streaming table")
+    parser.add_argument("--skip-onnxruntime", action="store_true", help="leave out the ONNX Runtime row")
     parser.add_argument("--child", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -146,6 +146,10 @@ def test_ordered_verdicts(a, b, status):
     lower = Ordered("a < b", Metric("err", "error", higher_is_better=False), ("b", "a"))
     flipped = lower.verdict({"a": {"err": a}, "b": {"err": b}}, {"a": "A", "b": "B"})
     assert flipped.status == status
+    # the detail reads the way the claim does: "A > B" for higher-is-better, "B < A" for lower-is-better
+    ordered = status != "does not hold"
+    assert ("A" + f" {a.text()} {'>' if ordered else '≤'} B") in verdict.detail
+    assert ("B" + f" {b.text()} {'<' if ordered else '≥'} A") in flipped.detail
 
 
 def test_larger_gain_verdict():
@@ -159,6 +163,10 @@ def test_larger_gain_verdict():
     titles = {k: k for k in stats}
     assert LargerGain("g", MIOU, ("s5", "n5"), ("s20", "n20")).verdict(summary, titles).status == "holds"
     assert LargerGain("g", MIOU, ("s20", "n20"), ("s5", "n5")).verdict(summary, titles).status == "does not hold"
+    losses = {"s5": 0.70, "n5": 0.72, "s20": 0.60, "n20": 0.70}  # augmentation hurts, less so with 5
+    losses = {k: {"miou": Stat(v, 0.01, 3)} for k, v in losses.items()}
+    verdict = LargerGain("g", MIOU, ("s5", "n5"), ("s20", "n20")).verdict(losses, titles)
+    assert verdict.status == "does not hold" and "does not beat" in verdict.detail  # hurting less is not helping more
 
 
 def test_cli_lists_the_studies_and_their_claims(capsys):

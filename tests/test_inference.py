@@ -15,7 +15,7 @@ import pixelwise
 from pixelwise.errors import ConfigError, InputSizeError
 from pixelwise.inference import Predictor, fold_batchnorm, predict_tiff
 from pixelwise.inference.stream import TiffSource
-from pixelwise.inference.tiling import blend_window, mirror_index, scan_axis
+from pixelwise.inference.tiling import blend_window, fit_tile, mirror_index, scan_axis
 
 
 def small_net(in_channels: int = 3, classes: int = 4) -> nn.Module:
@@ -63,11 +63,37 @@ def test_mirror_index_matches_numpy_reflect_pad():
 def test_sliding_window_equals_monai(blend, size):
     net = small_net()
     image = torch.rand(3, *size)
-    predictor = Predictor(net, tile_size=64, overlap=0.25, blend=blend, batch_size=3, padding_mode="constant")
+    predictor = Predictor(
+        net, tile_size=64, overlap=0.25, blend=blend, batch_size=3, padding_mode="constant", fit_tiles=False
+    )
     mode = "gaussian" if blend == "gaussian" else "constant"
     with torch.no_grad():
         expected = sliding_window_inference(image[None], (64, 64), 3, softmax_of(net), overlap=0.25, mode=mode)[0]
     np.testing.assert_allclose(predictor.predict(image), expected.numpy(), rtol=0, atol=1e-5)
+
+
+def test_fit_tile_never_costs_more_and_keeps_the_overlap():
+    for size in (513, 600, 1000, 1024, 2048, 3000, 4096, 5000, 8192):
+        for tile, overlap in ((512, 0.25), (256, 0.5), (384, 0.1)):
+            side = fit_tile(size, tile, overlap, 32)
+            assert tile // 2 <= side <= tile
+            fitted, fixed = scan_axis(size, side, overlap), scan_axis(size, tile, overlap)
+            assert len(fitted.starts) * -(-side // 32) * 32 <= len(fixed.starts) * -(-tile // 32) * 32
+            assert fitted.starts[0] == 0 and fitted.starts[-1] + side == size  # covers the axis
+            steps = np.diff(fitted.starts)
+            assert (steps <= side - int(side * overlap)).all()  # neighbours overlap by ≥ overlap·side
+    # the case it exists for: 1024 px in 512 tiles takes 3 tiles either way; 3 × 416 computes 19 % less
+    assert fit_tile(1024, 512, 0.25, 32) == 416
+    assert fit_tile(2048, 512, 0.25, 32) == 512  # already tight
+    assert fit_tile(400, 512, 0.25, 32) == 512  # shorter than a tile: unchanged
+
+
+def test_fitted_tiles_change_the_plan_only_for_models_that_state_their_stride():
+    model = pixelwise.create_model("unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=(16, 8, 8))
+    fitted = Predictor(model, tile_size=512, overlap=0.25).plans(1024, 2048)
+    assert (fitted[0].tile_in, fitted[1].tile_in) == (416, 512)
+    assert Predictor(model, tile_size=512, fit_tiles=False).plans(1024, 1024)[0].tile_in == 512
+    assert Predictor(small_net(), tile_size=512).plans(1024, 1024)[0].tile_in == 512  # no input_multiple
 
 
 # -- tiled equals whole ------------------------------------------------------------------------

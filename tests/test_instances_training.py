@@ -20,17 +20,9 @@ from pixelwise.instances import TargetOptions
 from pixelwise.training.config import TrainConfig, resolve
 from pixelwise.training.data import InstanceTargets, SegmentationDataModule
 from pixelwise.training.run import train
+from settings import TINY_TRAIN
 
-TINY = {
-    "model": "unet",
-    "encoder": "resnet18",
-    "model_options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    "epochs": 1,
-    "batch_size": 4,
-    "crop": 64,
-    "lr": 3e-3,
-    "progress": False,
-}
+TINY = TINY_TRAIN | {"epochs": 1}
 
 
 @pytest.fixture(scope="module")

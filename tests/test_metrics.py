@@ -362,6 +362,21 @@ def test_square_shifted_by_one_pixel():
     assert_same(boundary_iou(preds, preds, 2, tolerance=2), [1.0, 1.0])
 
 
+@pytest.mark.parametrize("radius", [0, 1, 2, 5, 12])
+def test_boundary_dilation_equals_scipy_square_dilation(radius):
+    from scipy import ndimage
+
+    from pixelwise.metrics.boundary import _dilate
+
+    masks = torch.rand(2, 3, 9, 13) > 0.85
+    got = _dilate(masks, radius).numpy()
+    square = np.ones((2 * radius + 1, 2 * radius + 1), dtype=bool)
+    for n in range(2):
+        for c in range(3):
+            expected = ndimage.binary_dilation(masks[n, c].numpy(), square) if radius else masks[n, c].numpy()
+            np.testing.assert_array_equal(got[n, c], expected)
+
+
 def test_thin_line_pixel_iou_hides_what_boundary_f1_shows():
     target, preds = torch.zeros(1, 10, 10, dtype=torch.long), torch.zeros(1, 10, 10, dtype=torch.long)
     target[0, :, 5] = 1

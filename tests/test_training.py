@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import pixelwise
@@ -20,17 +21,9 @@ from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.evaluate import evaluate
 from pixelwise.training.config import TrainConfig, resolve
 from pixelwise.training.run import train
+from settings import TINY_TRAIN
 
-TINY = {
-    "model": "unet",
-    "encoder": "resnet18",
-    "model_options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
-    "epochs": 2,
-    "batch_size": 4,
-    "crop": 64,
-    "lr": 3e-3,
-    "progress": False,
-}
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +46,16 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
     path.write_text(yaml.safe_dump({"data": "d", "epochs": 7, "lr": 0.01, "loss": "ce"}))
     config = resolve(str(path), {"epochs": 3, "batch_size": None})
     assert (config.epochs, config.lr, config.loss, config.batch_size) == (3, 0.01, "ce", TrainConfig.batch_size)
+
+
+@pytest.mark.parametrize("name", ["isbi2012", "camvid"])
+def test_shipped_configs_resolve_and_build_their_augmentation(name):
+    from pixelwise.data.transforms import build_transforms
+
+    config = resolve(str(Path(__file__).parents[1] / "configs" / f"{name}.yaml"))
+    augment = build_transforms(config.augment, crop_size=32)
+    image, mask = augment(torch.rand(3, 40, 40), torch.zeros(40, 40, dtype=torch.int64))
+    assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
 
 
 def test_config_unknown_key_names_the_closest(tmp_path):

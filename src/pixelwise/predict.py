@@ -32,7 +32,7 @@ def add_predict_parser(commands: Any) -> None:
     predict.add_argument("--tile", type=int, default=512, help="tile size in pixels (0: whole images; default 512)")
     predict.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     predict.add_argument("--blend", default="gaussian", help="gaussian, linear or none (default gaussian)")
-    predict.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    predict.add_argument("--batch-size", type=int, default=2, help="tiles per forward pass (default 2; more on a GPU)")
     predict.add_argument("--tta", default=None, help="test-time augmentation: flips or d4 (default none)")
     predict.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
     predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
@@ -242,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
     print(f"predicted {len(inputs) - len(failures)} of {len(inputs)} images into {out} ({written} files)")
     if failures:
-        print(f"{len(failures)} images failed:", file=sys.stderr)
+        print(f"{len(failures)} image{'s' if len(failures) > 1 else ''} failed:", file=sys.stderr)
         for path, reason in failures:
             print(f"  {path}: {reason}", file=sys.stderr)
         return 1

@@ -107,8 +107,9 @@ class Ordered:
             ordered &= better
             clear &= better and separated(a, b)
             spread = "beyond" if separated(a, b) else "within"
+            relation = (">" if better else "≤") if sign > 0 else ("<" if better else "≥")
             parts.append(
-                f"{titles[name_a]} {a.text(self.metric.digits)} {'>' if better else '≤'} "
+                f"{titles[name_a]} {a.text(self.metric.digits)} {relation} "
                 f"{titles[name_b]} {b.text(self.metric.digits)} (gap {a.mean - b.mean:+.{self.metric.digits}f}, "
                 f"{spread} the spread)"
             )
@@ -120,7 +121,8 @@ class Ordered:
 @dataclass(frozen=True)
 class LargerGain:
     """Claim: ``first[0]`` gains more over ``first[1]`` than ``second[0]`` over ``second[1]`` in ``metric``
-    (e.g. strong augmentation helps more with 5 training slices than with 20)."""
+    (e.g. strong augmentation helps more with 5 training slices than with 20). The first gain must be
+    positive: a smaller loss is not a larger gain."""
 
     text: str
     metric: Metric
@@ -139,9 +141,12 @@ class LargerGain:
             f"{titles[x]} vs {titles[y]}: gain {g:+.{d}f} (spread {s:.{d}f})"
             for (x, y), g, s in zip((self.first, self.second), gains, spreads, strict=True)
         )
-        larger = gains[0] > gains[1]
-        clear = larger and gains[0] - gains[1] > spreads[0] + spreads[1]
+        # a gain must be a gain: "hurts less with fewer images" does not support "helps more"
+        larger = gains[0] > max(gains[1], 0.0)
+        clear = larger and gains[0] - max(gains[1], 0.0) > spreads[0] + spreads[1]
         status = "holds" if clear else "holds within the seed spread" if larger else "does not hold"
+        if gains[0] <= 0:
+            detail += f"; {titles[self.first[0]]} does not beat {titles[self.first[1]]} at all"
         return Verdict(self.text, status, f"{self.metric.label}: {detail}")
 
 

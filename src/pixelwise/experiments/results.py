@@ -153,7 +153,7 @@ def write_outputs(study: Study, options: StudyOptions, rows: list[dict[str, Any]
         f"{first.config.max_minutes:.1f} min of wall time; {capped} of {len(rows)} runs were stopped by the cap.",
         f"Seeds: {', '.join(sorted({str(r['seed']) for r in rows}, key=int))}; wall time of all runs "
         f"{sum(number(r.get('run_seconds')) for r in rows) / 60:.1f} min on {device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads.",
+        f"{torch.get_num_threads()} thread{'' if torch.get_num_threads() == 1 else 's'}.",
         f"Reproduce: `pixelwise experiment {study.name} --budget {options.budget} --seeds {options.seeds}` "
         f"(exact configurations in `configs/`, one row per run in `results.csv`).",
     ]
