@@ -19,6 +19,7 @@ import pixelwise
 from pixelwise.data.synthetic import write_synthetic
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.evaluate import evaluate
+from pixelwise.io import load_checkpoint
 from pixelwise.training.config import TrainConfig, resolve
 from pixelwise.training.run import train
 from settings import TINY_TRAIN
@@ -96,6 +97,69 @@ def test_same_seed_same_run(cells, tmp_path):
         train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name=name, seed=3, **TINY))
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
     assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b]
+
+
+@pytest.mark.parametrize(("updates", "kept"), [(0, 0.1), (1000, 1001 / 1010), (10**6, 0.998)])
+def test_ema_decay_warms_up_to_the_given_decay(updates, kept):
+    from pixelwise.training.callbacks import ema_update
+
+    average, current = torch.zeros(3), torch.ones(3)
+    new = ema_update(average, current, torch.tensor(updates), decay=0.998)
+    assert torch.allclose(new, torch.full((3,), 1 - kept))
+
+
+def test_weight_averaging_validates_saves_and_resumes_the_averaged_weights(cells, tmp_path):
+    first = TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="ema", ema_decay=0.9, **(TINY | {"epochs": 1}))
+    train(first)
+    result = train(TrainConfig(**(first.to_dict() | {"epochs": 2})), resume=True)
+    run = tmp_path / "ema"
+    last = load_checkpoint(run / "last.ckpt")
+    averaged, current = last["state_dict"], last["current_model_state"]
+    weights = [k for k in averaged if k.startswith("model.") and averaged[k].is_floating_point()]
+    assert any(not torch.equal(averaged[k], current[k]) for k in weights), "the average must differ from the weights"
+    # the average went on over the resumed epoch instead of starting again: one update per optimiser step
+    assert int(last["averaging_state"]["n_averaged"]) == last["global_step"] == 4
+    # validation scored the averaged weights, and model/ holds them: evaluating it gives the logged best mIoU
+    metrics = evaluate(run, cells, split="val", out_dir=tmp_path / "eval", progress=False)
+    assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)
+
+
+@pytest.mark.parametrize("tta", ["flips", "d4"])
+def test_evaluate_with_tta_scores_the_mean_of_the_transformed_predictions(cells, tmp_path, tta):
+    import numpy as np
+    from PIL import Image
+
+    from pixelwise.models import create_model
+
+    torch.manual_seed(0)
+    options = {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 4]}
+    model = create_model("unet", in_channels=1, classes=2, **options).eval()  # random weights: not symmetric
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # scores that vary over the image, so that both classes are predicted
+        head.weight.mul_(100)
+        head.bias.zero_()
+    model.save_pretrained(tmp_path / "m")  # a bare saved model sees the [0, 1] image unchanged
+    views = (
+        [(0, False), (0, True), (2, True), (2, False)] if tta == "flips" else [(k, f) for f in (0, 1) for k in range(4)]
+    )
+    matrix = np.zeros((2, 2), np.int64)
+    for path in sorted((cells / "val" / "images").glob("*.png")):
+        image = torch.from_numpy(np.asarray(Image.open(path), np.float32) / 255)[None, None]
+        mean = 0
+        for k, flip in views:  # the oracle: transform, predict, transform back, average probabilities
+            view = torch.rot90(image.flip(-1) if flip else image, k, (-2, -1))
+            with torch.no_grad():
+                probs = torch.rot90(model(view).softmax(1), -k, (-2, -1))
+            mean = mean + (probs.flip(-1) if flip else probs) / len(views)
+        truth = np.asarray(Image.open(cells / "val" / "masks" / path.name)).astype(np.int64)
+        np.add.at(matrix, (truth.ravel(), mean.argmax(1)[0].numpy().ravel()), 1)
+    iou = np.diag(matrix) / (matrix.sum(0) + matrix.sum(1) - np.diag(matrix))
+    with_tta = evaluate(tmp_path / "m", cells, split="val", out_dir=tmp_path / "e1", progress=False, tta=tta)
+    plain = evaluate(tmp_path / "m", cells, split="val", out_dir=tmp_path / "e2", progress=False)
+    assert with_tta["mean_iou"] == pytest.approx(iou.mean(), abs=1e-6)
+    assert with_tta["mean_iou"] != pytest.approx(plain["mean_iou"], abs=1e-4)
+    with pytest.raises(ConfigError, match="did you mean 'd4'"):
+        evaluate(tmp_path / "m", cells, split="val", out_dir=tmp_path / "e3", progress=False, tta="d8")
 
 
 def test_existing_run_is_not_overwritten(cells, tmp_path):

@@ -182,6 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         files=args.files,
         instances=args.instances,
         instance_method=args.instance_method,
+        tta=args.tta,
     )
     rows = [
         [name, _fmt(iou), _fmt(f1), _fmt(p), _fmt(r)]
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "components", "watershed"),
         default="auto",
         help="how probabilities become objects (default auto: watershed for --target boundary models, else components)",
+    )
+    evaluate.add_argument(
+        "--tta", default=None, help="test-time augmentation: flips or d4, probabilities averaged (default none)"
     )
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from pixelwise.data import ClassInfo, SegmentationFolder
 from pixelwise.errors import ConfigError
+from pixelwise.inference.tta import tta_average, tta_transforms
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path, load_checkpoint
 from pixelwise.metrics import ConfusionMatrix
@@ -49,12 +50,19 @@ class LoadedModel:
         return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
 
     @torch.inference_mode()
-    def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
+    def predict_logits(self, image: torch.Tensor, tta: str | None = None) -> torch.Tensor:
         """``[C, H, W]`` or ``[N, C, H, W]`` image(s) in [0, 1] → ``[N, K, H, W]`` logits (whole image).
 
         A model trained at ``scale`` sees the image resized by it; its scores are upsampled back.
+        With ``tta`` (``"flips"`` or ``"d4"``, see :mod:`pixelwise.inference.tta`) the probabilities
+        of the transformed copies are averaged, and the logits returned are those of the average
+        (log-probabilities, or the logit of a one-channel model), so that ``probabilities`` and
+        ``argmax`` work on them as on plain logits.
         """
         batch = image[None] if image.ndim == 3 else image
+        if tta is not None:
+            mean = tta_average(lambda x: self.probabilities(self.predict_logits(x)), batch, tta)
+            return torch.logit(mean, eps=1e-7) if mean.shape[1] == 1 else mean.clamp_min(1e-12).log()
         size = batch.shape[-2:]
         device = next(self.model.parameters()).device
         batch = (batch.to(device) - self.mean.to(device)) / self.std.to(device)
@@ -123,6 +131,7 @@ def evaluate(
     files: str | list[str] | None = None,
     instances: bool = False,
     instance_method: str = "auto",
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Compute metrics of a trained model on ``data``/``split`` and write the evaluation folder.
 
@@ -135,8 +144,11 @@ def evaluate(
     boundary-target model, else components), scored against the data's ``instances/`` labels (else
     the connected components of the mask) by :class:`pixelwise.instances.InstanceScores`; the means
     go to ``metrics["instances"]`` and the report. A boundary-target model is scored semantically as
-    background / object.
+    background / object. ``tta`` (``"flips"`` or ``"d4"``) averages the probabilities of flipped and
+    rotated copies of every image.
     """
+    if tta is not None:
+        tta_transforms(tta)  # an unknown mode fails before any work
     loaded = load_model(model_path)
     ignore = loaded.classes.ignore_index if ignore_index is None else ignore_index
     boundary = loaded.target == "boundary"
@@ -167,7 +179,7 @@ def evaluate(
         items = tqdm(items, desc="evaluate", unit="image", leave=False)
     for index in items:
         sample = dataset[index]
-        logits = loaded.predict_logits(sample["image"])
+        logits = loaded.predict_logits(sample["image"], tta=tta)
         target = sample["mask"][None]
         if boundary:  # background / object, from background / interior / boundary
             labels = (logits.argmax(1) != 0).long()
@@ -209,7 +221,8 @@ def evaluate(
         confusion_png=out / "confusion.png",
         gallery=gallery,
         config=config,
-        notes=[f"model: {model_path}", f"data: {data} (split {split}, {len(dataset)} images)"],
+        notes=[f"model: {model_path}", f"data: {data} (split {split}, {len(dataset)} images)"]
+        + ([f"test-time augmentation: {tta}"] if tta else []),
         instance_metrics=metrics.get("instances"),
     )
     return metrics

@@ -1,13 +1,17 @@
-"""Callbacks that write a run's human-readable records: ``metrics.csv`` and ``curves.png``."""
+"""Training callbacks: the run's human-readable records (``metrics.csv``, ``curves.png``) and the
+weight average."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
 
 from pixelwise.io import atomic_path
 from pixelwise.viz import plot_curves
@@ -55,3 +59,32 @@ class EpochRecords(L.Callback):
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+def ema_update(average: torch.Tensor, current: torch.Tensor, updates: torch.Tensor, decay: float) -> torch.Tensor:
+    """One step of an exponential moving average whose decay warms up: ``min(decay, (1 + n) / (10 + n))``
+    after ``n`` updates (as timm's model EMA does), so that the first, fast-changing weights are
+    forgotten within a few hundred steps instead of weighing on the average for thousands."""
+    step_decay = torch.clamp((1 + updates) / (10 + updates), max=decay).to(
+        average.dtype if average.is_floating_point() else torch.float32
+    )
+    return average + (current - average) * (1 - step_decay)
+
+
+class WeightEMA(WeightAveraging):
+    """An exponential moving average of the weights and BatchNorm statistics (:func:`ema_update`),
+    updated after every optimiser step, on Lightning's weight-averaging callback: validation and
+    every checkpoint's ``state_dict`` use the average; the live weights are kept in the checkpoint
+    as ``current_model_state``, which ``--resume`` continues from.
+
+    Unlike Lightning's callback, the live weights stay in the module when fitting ends: Lightning
+    would copy the average over them before its last checkpoint is written (a time budget that
+    stops mid-epoch writes ``last.ckpt`` only then), and that checkpoint would hold the average
+    twice. The run's ``model/`` is exported from the checkpoint, so it gets the average.
+    """
+
+    def __init__(self, decay: float) -> None:
+        super().__init__(avg_fn=functools.partial(ema_update, decay=decay))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass

@@ -120,6 +120,12 @@ class TrainConfig:
     """Linear warm-up length in epochs (fractions allowed)."""
     gradient_clip: float | None = None
     """Clip the gradient norm to this value (``None``: no clipping)."""
+    ema_decay: float | None = None
+    """Keep an exponential moving average of the weights (and BatchNorm statistics), updated after
+    every step with this decay, e.g. 0.998 (an average over roughly the last 1 / (1 - decay) steps;
+    the decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n steps); validation,
+    ``best.ckpt``/``last.ckpt`` and the saved model then use the averaged weights (``None``: no
+    averaging)."""
 
     accelerator: str = "auto"
     """``auto``, ``cpu``, ``gpu`` or ``mps`` (Lightning accelerator)."""
@@ -161,6 +167,8 @@ class TrainConfig:
             raise ConfigError(f"scale={self.scale} must be in (0, 4]; e.g. 0.5 trains at half resolution.")
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be positive (e.g. 1e-3 for AdamW).")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay={self.ema_decay} must be between 0 and 1 (e.g. 0.998), or left out.")
         if self.classes is not None and self.classes < 1:
             raise ConfigError(f"classes={self.classes} must be at least 1.")
         if isinstance(self.class_weights, str) and self.class_weights not in CLASS_WEIGHTINGS:

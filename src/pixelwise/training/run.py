@@ -27,7 +27,7 @@ from pixelwise.data import ClassInfo, check_dataset, default_palette
 from pixelwise.errors import ConfigError
 from pixelwise.instances import BOUNDARY_CLASSES
 from pixelwise.io import atomic_path, load_checkpoint
-from pixelwise.training.callbacks import EpochRecords
+from pixelwise.training.callbacks import EpochRecords, WeightEMA
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.data import SegmentationDataModule
 from pixelwise.training.task import SegmentationTask
@@ -159,6 +159,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         save_top_k=1,
         enable_version_counter=False,
     )
+    callbacks: list[L.Callback] = [checkpoints, EpochRecords(run_dir)]
+    if config.ema_decay is not None:
+        # swaps the averaged weights in for validation and puts them in every checkpoint
+        callbacks.append(WeightEMA(decay=config.ema_decay))
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=config.epochs,
@@ -170,7 +174,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         precision=precision_for(config),
         gradient_clip_val=config.gradient_clip,
         deterministic=config.deterministic,
-        callbacks=[checkpoints, EpochRecords(run_dir)],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         logger=False,
         enable_progress_bar=config.progress,
