@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.inference.tta import TTA_MODES
 
 COMMON_OPTIONS = {
     "encoder_name",
@@ -282,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="how probabilities become objects (default auto: watershed for --target boundary models, else components)",
     )
     evaluate.add_argument(
-        "--tta", default=None, help="test-time augmentation: flips or d4, probabilities averaged (default none)"
+        "--tta",
+        choices=TTA_MODES,
+        default=None,
+        help="test-time augmentation, probabilities averaged (default none)",
     )
     evaluate.set_defaults(func=cmd_evaluate)
 
