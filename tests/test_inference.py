@@ -15,7 +15,7 @@ import pixelwise
 from pixelwise.errors import ConfigError, InputSizeError
 from pixelwise.inference import Predictor, fold_batchnorm, predict_tiff
 from pixelwise.inference.stream import TiffSource
-from pixelwise.inference.tiling import blend_window, fit_tile, mirror_index, scan_axis
+from pixelwise.inference.tiling import blend_window, fit_tile, forward_mirrored, mirror_index, scan_axis
 
 
 def small_net(in_channels: int = 3, classes: int = 4) -> nn.Module:
@@ -143,6 +143,10 @@ def test_unet2015_tiles_equal_one_pass_over_the_mirrored_image(depth, size, tile
         expected = torch.stack([model.forward_valid(padded_t.flip(f)).flip(f).softmax(1) for f in flips]).mean(0)
     tiled = Predictor(model, tile_size=tile, batch_size=5, tta=tta).predict(image)
     np.testing.assert_allclose(tiled, expected[0, :, :height, :width].numpy(), rtol=0, atol=1e-5)
+    if not tta:  # the one-pass function training and evaluation use gives the same scores
+        with torch.no_grad():
+            whole = forward_mirrored(model, torch.from_numpy(image)[None, None], model).softmax(1)
+        np.testing.assert_allclose(whole[0].numpy(), expected[0, :, :height, :width].numpy(), rtol=0, atol=1e-5)
 
 
 # -- inputs ------------------------------------------------------------------------------------

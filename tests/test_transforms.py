@@ -116,3 +116,25 @@ def test_config_list_composes_presets_and_nested_transforms():
     rotation = augment.transforms[-1].transforms[0]
     assert rotation.interpolation.value == "bilinear" and rotation.fill[tv_tensors.Mask] == IGNORE
     assert RandomElasticGrid().sigma == 10.0 and RandomElasticGrid().grid == 3  # the U-Net paper's values
+
+
+def test_mirror_border_reflects_the_image_and_pads_masks_with_ignore():
+    image = torch.rand(2, 5, 7)
+    mask = torch.randint(0, 3, (5, 7))
+    instances = torch.randint(1, 4, (5, 7), dtype=torch.int32)
+    out_image, out_mask, out_instances = build_transforms("none", mirror_border=9, ignore_index=255)(
+        image, mask, instances
+    )
+    # numpy reflects again and again when the border exceeds the image, like the U-Net paper's tiles
+    expected = np.pad(image.numpy(), ((0, 0), (9, 9), (9, 9)), mode="reflect")
+    np.testing.assert_array_equal(out_image.numpy(), expected)
+    assert out_mask.shape == out_instances.shape == (23, 25)
+    assert torch.equal(out_mask[9:14, 9:16], mask) and torch.equal(out_instances[9:14, 9:16], instances)
+    outside = torch.ones(23, 25, dtype=torch.bool)
+    outside[9:14, 9:16] = False
+    assert (out_mask[outside] == 255).all() and (out_instances[outside] == 0).all()
+    # with a crop, the crop is cut from the padded image: the model's input tile
+    cropped, cropped_mask = build_transforms("light", crop_size=20, mirror_border=9)(image, mask)
+    assert cropped.shape == (2, 20, 20) and cropped_mask.shape == (20, 20)
+    with pytest.raises(ConfigError, match="border"):
+        build_transforms("none", mirror_border=-1)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from pixelwise.data import ClassInfo, SegmentationFolder
 from pixelwise.errors import ConfigError
+from pixelwise.inference.tiling import forward_mirrored, is_valid_conv_model
 from pixelwise.inference.tta import tta_average, tta_transforms
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path, load_checkpoint
@@ -54,6 +55,8 @@ class LoadedModel:
         """``[C, H, W]`` or ``[N, C, H, W]`` image(s) in [0, 1] → ``[N, K, H, W]`` logits (whole image).
 
         A model trained at ``scale`` sees the image resized by it; its scores are upsampled back.
+        A valid-convolution model (UNet2015) predicts the mirror-padded image, see
+        :func:`~pixelwise.inference.tiling.forward_mirrored`.
         With ``tta`` (``"flips"`` or ``"d4"``, see :mod:`pixelwise.inference.tta`) the probabilities
         of the transformed copies are averaged, and the logits returned are those of the average
         (log-probabilities, or the logit of a one-channel model), so that ``probabilities`` and
@@ -69,7 +72,9 @@ class LoadedModel:
         if self.scale != 1:
             scaled = (max(1, round(size[0] * self.scale)), max(1, round(size[1] * self.scale)))
             batch = F.interpolate(batch, size=scaled, mode="bilinear", antialias=True)
-        logits = self.model.eval()(batch).float()
+        model = self.model.eval()
+        # a valid-convolution model (UNet2015) sees the image mirror-padded by its border, as the paper tiles
+        logits = (forward_mirrored(model, batch, model) if is_valid_conv_model(model) else model(batch)).float()
         if self.scale != 1:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits.cpu()

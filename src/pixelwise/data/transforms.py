@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
@@ -188,6 +189,45 @@ class RandomElasticGrid(v2.Transform):
         return self._call_kernel(TF.elastic, inpt, params["displacement"], fill=_fill_for(self.fill, inpt))
 
 
+def mirror_index(start: int, stop: int, size: int) -> np.ndarray:
+    """Indices into an axis of length ``size`` for positions ``start ≤ i < stop``, reflected at
+    both ends (``-1 → 1``, ``size → size - 2``) as often as needed; all 0 when ``size == 1``."""
+    positions = np.arange(start, stop)
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    folded = positions % period
+    return np.where(folded < size, folded, period - folded)
+
+
+class MirrorPad(v2.Transform):
+    """Pad by ``border`` pixels on every side: the image mirrored (as ``numpy.pad(mode="reflect")``,
+    repeated for images smaller than the border), masks with ``fill`` (``ignore_index``; instances 0).
+
+    The U-Net paper's context for pixels near the image border: a valid-convolution model
+    (:class:`pixelwise.UNet2015`) sees ``border`` pixels beyond its output tile, mirrored where the
+    image ends, while the padded mask keeps those pixels out of the loss.
+    """
+
+    def __init__(self, border: int, fill: Any = 0) -> None:
+        super().__init__()
+        if isinstance(border, bool) or int(border) != border or border < 0:
+            raise ConfigError(f"MirrorPad: border must be an int ≥ 0, got {border!r}.")
+        self.border, self.fill = int(border), fill
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, torch.Tensor) or not self.border:
+            return inpt
+        b = self.border
+        if isinstance(inpt, tv_tensors.Mask):
+            padded = F.pad(inpt.as_subclass(torch.Tensor), (b, b, b, b), value=_fill_for(self.fill, inpt))
+            return tv_tensors.wrap(padded, like=inpt)
+        height, width = inpt.shape[-2:]
+        rows = torch.from_numpy(mirror_index(-b, height + b, height))
+        cols = torch.from_numpy(mirror_index(-b, width + b, width))
+        return tv_tensors.wrap(inpt.as_subclass(torch.Tensor)[..., rows, :][..., cols], like=inpt)
+
+
 def _fill_for(fill: Any, inpt: Any) -> Any:
     """The fill for ``inpt`` from a number or a ``{type: value}`` dict (nearest type in the MRO, else "others")."""
     if not isinstance(fill, dict):
@@ -200,7 +240,15 @@ def _fill_for(fill: Any, inpt: Any) -> Any:
 
 CUSTOM_TRANSFORMS: dict[str, type[v2.Transform]] = {
     cls.__name__: cls
-    for cls in (RandomRot90, RandomElasticGrid, RandomBrightness, RandomContrast, RandomGamma, RandomGaussianNoise)
+    for cls in (
+        RandomRot90,
+        RandomElasticGrid,
+        RandomBrightness,
+        RandomContrast,
+        RandomGamma,
+        RandomGaussianNoise,
+        MirrorPad,
+    )
 }
 
 
@@ -325,6 +373,7 @@ def build_transforms(
     crop_size: int | tuple[int, int] | None = None,
     ignore_index: int = IGNORE_INDEX,
     image_fill: float = 0.0,
+    mirror_border: int = 0,
 ) -> SegmentationTransform:
     """Build an augmentation pipeline from a preset name or a config list (see the module docstring).
 
@@ -334,6 +383,9 @@ def build_transforms(
             smaller than it (image ``image_fill``, mask ``ignore_index``). Use it for training, not for validation.
         ignore_index: mask value of pixels brought in by padding, rotation, scaling and elastic deformation.
         image_fill: image value of those pixels.
+        mirror_border: mirror-pad images by this many pixels first (:class:`MirrorPad`; masks get
+            ``ignore_index``): the context a valid-convolution model (UNet2015) needs around its
+            output tile, as in the U-Net paper. ``crop_size`` is then the model's input tile.
 
     Returns:
         A :class:`SegmentationTransform`.
@@ -356,7 +408,7 @@ def build_transforms(
             and entry not in {**_torchvision_transforms(), **CUSTOM_TRANSFORMS}
         ):
             raise unknown_name("augmentation preset or transform", entry, [*PRESETS, *CUSTOM_TRANSFORMS])
-    transforms: list[v2.Transform] = []
+    transforms: list[v2.Transform] = [MirrorPad(mirror_border, fill)] if mirror_border else []
     if crop_size is not None:
         transforms.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill))
     for entry in entries:

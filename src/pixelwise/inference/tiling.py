@@ -25,6 +25,7 @@ or with a constant.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from pixelwise.data.folder import scale_image
+from pixelwise.data.transforms import mirror_index
 from pixelwise.errors import ConfigError
 
 BLEND_MODES = ("gaussian", "linear", "none")
@@ -146,6 +148,24 @@ def is_valid_conv_model(model: Any) -> bool:
     return all(hasattr(model, name) for name in ("valid_input_size", "output_size", "border", "depth"))
 
 
+def forward_mirrored(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, model: Any) -> torch.Tensor:
+    """Whole-image scores of a valid-convolution model: one pass over the mirror-padded batch.
+
+    ``forward`` maps a valid-size input to scores ``border`` pixels smaller per side (the model itself,
+    or a wrapper that normalises first); ``model`` gives the geometry (``border``, ``valid_input_size``).
+    The input window starts ``border`` pixels before the image, on the ``2**depth`` grid, so this equals
+    overlap-tile prediction (:func:`valid_axis`) with mirror padding.
+
+    Shape: ``[N, C, H, W]`` → ``[N, K, H, W]``.
+    """
+    height, width = batch.shape[-2:]
+    border = model.border()
+    rows = mirror_index(-border, model.valid_input_size(height + 2 * border) - border, height)
+    cols = mirror_index(-border, model.valid_input_size(width + 2 * border) - border, width)
+    index_rows, index_cols = (torch.from_numpy(i).to(batch.device) for i in (rows, cols))
+    return forward(batch[..., index_rows, :][..., index_cols])[..., :height, :width]
+
+
 def check_margin(plan: AxisPlan, margin: int) -> None:
     """Raise :class:`ConfigError` unless neighbouring tiles overlap by at least ``2·margin`` pixels."""
     if margin < 0 or (margin * 2 >= plan.tile_out and len(plan.starts) > 1):
@@ -198,17 +218,6 @@ def margin_mask(plan: AxisPlan, index: int, margin: int) -> torch.Tensor | None:
     if start + plan.tile_out < plan.size:
         mask[-margin:] = 0
     return mask
-
-
-def mirror_index(start: int, stop: int, size: int) -> np.ndarray:
-    """Indices into an axis of length ``size`` for positions ``start ≤ i < stop``, reflected at
-    both ends (``-1 → 1``, ``size → size - 2``) as often as needed; all 0 when ``size == 1``."""
-    positions = np.arange(start, stop)
-    if size == 1:
-        return np.zeros_like(positions)
-    period = 2 * (size - 1)
-    folded = positions % period
-    return np.where(folded < size, folded, period - folded)
 
 
 def read_window(

@@ -78,7 +78,9 @@ class TrainConfig:
     """Resize images (bilinear) and masks (nearest) by this factor before cropping; the model then
     predicts at this scale and evaluation upsamples its scores to the full resolution."""
     crop: int | None = 256
-    """Side of the random training crops in pixels (``None``: whole images, which must share a size)."""
+    """Side of the random training crops in pixels (``None``: whole images, which must share a size).
+    For ``unet2015`` the input tile, rounded up to a valid size (572 in the paper) and cut from the
+    image mirror-padded by the network's border; the loss sees the smaller output tile (388)."""
     augment: str | list = "light"
     """Preset ``none``, ``light`` or ``strong``, or a list of presets and transforms (see data.transforms)."""
     loss: str | dict[str, float] = "ce+dice"

@@ -102,12 +102,16 @@ class SegmentationDataModule(L.LightningDataModule):
     Args:
         config: the resolved TrainConfig as a dict (``data``, splits, ``crop``, ``augment``, ...).
         num_classes: K, as established by the data check.
+        mirror_border: mirror-pad training images by this many pixels before cropping (masks get
+            ``ignore_index``): the context of a valid-convolution model, see
+            :func:`pixelwise.training.task.training_tile`.
     """
 
-    def __init__(self, config: dict[str, Any], num_classes: int) -> None:
+    def __init__(self, config: dict[str, Any], num_classes: int, mirror_border: int = 0) -> None:
         super().__init__()
         self.config = config
         self.num_classes = num_classes
+        self.mirror_border = mirror_border
         self.collate = _Collate(config["ignore_index"])
 
     def setup(self, stage: str | None = None) -> None:
@@ -116,7 +120,12 @@ class SegmentationDataModule(L.LightningDataModule):
         # a boundary-target model predicts 3 classes; the masks keep the data's own (checked by their class file)
         data_classes = None if targets.num_classes else self.num_classes
         common = {"num_classes": data_classes, "ignore_index": config["ignore_index"], "instances": targets.active}
-        augment = build_transforms(config["augment"], crop_size=config["crop"], ignore_index=config["ignore_index"])
+        augment = build_transforms(
+            config["augment"],
+            crop_size=config["crop"],
+            ignore_index=config["ignore_index"],
+            mirror_border=self.mirror_border,
+        )
         train_transform = ScaledTransform(config["scale"], augment) if config["scale"] != 1 else augment
         val_transform = ScaledTransform(config["scale"]) if config["scale"] != 1 else None
         self.train_set = SegmentationFolder(

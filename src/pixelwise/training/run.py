@@ -30,7 +30,7 @@ from pixelwise.io import atomic_path, load_checkpoint
 from pixelwise.training.callbacks import EpochRecords, WeightEMA
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.data import SegmentationDataModule
-from pixelwise.training.task import SegmentationTask
+from pixelwise.training.task import SegmentationTask, training_tile
 
 MONITOR = "val_miou"
 # the run directory holds config.yaml before the first checkpoint: that is expected, not a problem
@@ -149,7 +149,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     L.seed_everything(config.seed, workers=True, verbose=False)
     run_dir, facts = prepare_run(config, resume=resume)
     task = SegmentationTask(config.to_dict(), **facts)
-    datamodule = SegmentationDataModule(config.to_dict(), num_classes=facts["classes"])
+    crop, mirror_border = training_tile(task.model, config.crop)
+    datamodule = SegmentationDataModule(
+        {**config.to_dict(), "crop": crop}, num_classes=facts["classes"], mirror_border=mirror_border
+    )
     checkpoints = ModelCheckpoint(
         dirpath=run_dir,
         filename="best",

@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from pixelwise.errors import ConfigError
+from pixelwise.inference.tiling import forward_mirrored, is_valid_conv_model
 from pixelwise.losses import get_loss
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
+from pixelwise.models.unet2015 import center_crop
 
 STAGES = ("train", "val")
 
@@ -31,6 +33,27 @@ def build_model(config: dict[str, Any], in_channels: int, classes: int) -> Segme
         options.setdefault("encoder_name", config["encoder"])
         options.setdefault("encoder_weights", config.get("encoder_weights"))
     return create_model(config["model"], in_channels=in_channels, classes=classes, **options)
+
+
+def training_tile(model: nn.Module, crop: int | None) -> tuple[int | None, int]:
+    """``(crop, mirror border)`` of the training samples for ``model``.
+
+    Same-size models train on ``crop`` as it is, with no border. A valid-convolution model
+    (:class:`pixelwise.UNet2015`) trains as in the U-Net paper: its input tile is ``crop`` rounded up
+    to a valid size, cut from the image mirror-padded by the model's border, and the loss sees the
+    smaller output tile (``572 → 388`` for the paper's network).
+
+    Raises:
+        ConfigError: a valid-convolution model without a crop size.
+    """
+    if not is_valid_conv_model(model):
+        return crop, 0
+    if crop is None:
+        raise ConfigError(
+            f"{type(model).__name__} trains on tiles of a valid input size: set --crop (the input tile, "
+            "e.g. 572 as in the U-Net paper; rounded up to a valid size)."
+        )
+    return model.valid_input_size(crop), model.border()
 
 
 class SegmentationTask(L.LightningModule):
@@ -62,6 +85,7 @@ class SegmentationTask(L.LightningModule):
         self.model = build_model(config, in_channels, classes)
         self.memory_format = torch.channels_last if config.get("channels_last") else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        self.valid_conv = is_valid_conv_model(self.model)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.loss = self.configure_loss()
@@ -89,9 +113,17 @@ class SegmentationTask(L.LightningModule):
         return self.model(((images - self.mean) / self.std).contiguous(memory_format=self.memory_format))
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
-        loss = self.loss(logits, batch["mask"], weight_map=batch.get("weight_map"))
-        self.metrics[stage].update(logits.detach(), batch["mask"])
+        mask, weight_map = batch["mask"], batch.get("weight_map")
+        if not self.valid_conv:
+            logits = self(batch["image"])
+        elif stage == "val":  # whole images, mirror-padded (overlap-tile in one pass)
+            logits = forward_mirrored(self, batch["image"], self.model)
+        else:  # a valid-size input tile: the labels are those of the smaller output tile at its centre
+            logits = self(batch["image"])
+            mask = center_crop(mask, logits.shape[-2:])
+            weight_map = None if weight_map is None else center_crop(weight_map, logits.shape[-2:])
+        loss = self.loss(logits, mask, weight_map=weight_map)
+        self.metrics[stage].update(logits.detach(), mask)
         self.log(
             f"{stage}_loss",
             loss,
