@@ -336,7 +336,7 @@ def test_reduced_scale_training_is_evaluated_at_full_resolution(cells, tmp_path)
     assert sum(metrics["support"]) == 4 * 64 * 64  # every full-resolution pixel was scored
 
 
-def test_unet2015_trains_on_mirrored_tiles_and_is_scored_on_whole_images(cells, tmp_path):
+def test_unet2015_trains_on_mirrored_tiles_and_is_scored_on_whole_images(cells, tmp_path, caplog):
     """The paper's network through the training loop: valid-size input tiles with mirrored context,
     the loss on the smaller output tile, whole validation images predicted mirror-padded."""
     from pixelwise.data import SegmentationFolder
@@ -351,6 +351,8 @@ def test_unet2015_trains_on_mirrored_tiles_and_is_scored_on_whole_images(cells, 
     options = {"model": "unet2015", "model_options": {"base_channels": 8, "depth": 2, "batchnorm": True}}
     result = train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="u", **(TINY | options | {"crop": 40})))
     assert yaml.safe_load((tmp_path / "u" / "config.yaml").read_text())["crop"] == 40  # as the user gave it
+    tile, border = training_tile(pixelwise.UNet2015(base_channels=1, depth=2), 40)
+    assert f"{tile}×{tile} input tiles (--crop 40)" in caplog.text and f"padded by {border} px" in caplog.text
     metrics = evaluate(tmp_path / "u", cells, split="val", out_dir=tmp_path / "eval", progress=False)
     assert sum(metrics["support"]) == 4 * 64 * 64  # every pixel of the 64×64 images, none lost to the border
     assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)

@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 
 from pixelwise.data import ClassInfo, check_dataset, default_palette
 from pixelwise.errors import ConfigError
@@ -150,6 +151,12 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     run_dir, facts = prepare_run(config, resume=resume)
     task = SegmentationTask(config.to_dict(), **facts)
     crop, mirror_border = training_tile(task.model, config.crop)
+    if mirror_border:
+        rank_zero_info(
+            f"{type(task.model).__name__}: {crop}×{crop} input tiles (--crop {config.crop}) of the images "
+            f"mirror-padded by {mirror_border} px; the loss sees the {crop - 2 * mirror_border}×"
+            f"{crop - 2 * mirror_border} output tiles."
+        )
     datamodule = SegmentationDataModule(
         {**config.to_dict(), "crop": crop}, num_classes=facts["classes"], mirror_border=mirror_border
     )
