@@ -170,6 +170,15 @@ def test_existing_run_is_not_overwritten(cells, tmp_path):
     assert (tmp_path / "r" / "last.ckpt").read_bytes() == before
 
 
+def test_a_config_that_cannot_build_its_model_leaves_no_run_behind(cells, tmp_path):
+    bad = TINY | {"model_options": {"decoder_chanels": [8]}}
+    with pytest.raises(ConfigError, match="decoder_channels"):
+        train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="r", **bad))
+    assert not (tmp_path / "r").exists()
+    train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="r", **(TINY | {"epochs": 1})))  # the name is free
+    assert (tmp_path / "r" / "last.ckpt").is_file()
+
+
 def test_bad_data_stops_before_training_with_the_report(cells, tmp_path):
     import shutil
 

@@ -85,7 +85,7 @@ def precision_for(config: TrainConfig) -> str:
 
 
 def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Check the data and write ``config.yaml``; return the run directory and the data facts
+    """Check the data; return the run directory and the data facts
     (classes, channels, normalisation, class weights) the task is built from."""
     worker = is_worker_process()
     name = config.name or os.environ.get(RUN_NAME_ENV) or default_run_name(config)
@@ -138,10 +138,15 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
     }
     config.name = run_dir.name
     config.classes = classes
-    if not worker:
+    return run_dir, facts
+
+
+def save_config(config: TrainConfig, run_dir: Path) -> None:
+    """Write ``config.yaml`` (rank 0 only), once the model and the data pipeline have been built from it:
+    a config that cannot build its model leaves no run directory behind to block its ``--name``."""
+    if not is_worker_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.yaml")
-    return run_dir, facts
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunResult:
@@ -160,6 +165,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     datamodule = SegmentationDataModule(
         {**config.to_dict(), "crop": crop}, num_classes=facts["classes"], mirror_border=mirror_border
     )
+    save_config(config, run_dir)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir,
         filename="best",
