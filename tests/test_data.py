@@ -20,6 +20,7 @@ from pixelwise.data import (
     read_mask,
 )
 from pixelwise.errors import ConfigError
+from settings import edge_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PIXELWISE_DATA", REPO.parent / "shared" / "data"))
@@ -309,3 +310,14 @@ def test_files_selects_stems_by_glob_and_list(tmp_path):
     assert report.num_pairs == 3 and report.ok
     with pytest.raises(DataError, match=r"files='9\*' selects none of the 6 images"):
         SegmentationFolder(root, "train", files="9*")
+
+
+@pytest.mark.parametrize("offset", [(-0.5, 0.0), (0.0, 0.0), (0.3, -0.6)])
+def test_check_dataset_measures_how_far_the_masks_sit_from_the_image_edges(tmp_path, offset):
+    report = check_dataset(edge_pairs(tmp_path / "d", offset))
+    assert report.offset_pairs == 6
+    np.testing.assert_allclose(report.mask_offset, offset, atol=0.12)
+    text = report.format()
+    suggested = [round(2 * v) / 2 if abs(v) >= 0.4 else 0.0 for v in offset]
+    assert report.suggested_mask_offset == (suggested if any(suggested) else None)
+    assert ("mask_offset: " + str(suggested) in text) == any(suggested), text

@@ -129,19 +129,21 @@ def test_onnx_export_of_the_valid_convolution_unet(tmp_path):
     assert out.shape == expected.shape and np.abs(out - expected).max() < 1e-4 * max(1, np.abs(expected).max())
 
 
-def saved_model(directory, scale=1.0):
+def saved_model(directory, scale=1.0, mask_offset=(0.0, 0.0)):
     model = tiny_unet()
     model.save_pretrained(directory)
-    preprocessing = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3], "scale": scale}
+    preprocessing = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3], "scale": scale, "mask_offset": mask_offset}
     (directory / "preprocessing.json").write_text(json.dumps(preprocessing))
     return directory
 
 
-def test_with_preprocessing_gives_the_labels_of_predict_logits(tmp_path):
+@pytest.mark.parametrize(("scale", "mask_offset"), [(0.5, (0.0, 0.0)), (1.0, (-0.5, 1.25))])
+def test_with_preprocessing_gives_the_labels_of_predict_logits(tmp_path, scale, mask_offset):
     pytest.importorskip("onnxruntime")
-    loaded = load_model(saved_model(tmp_path / "model", scale=0.5))
+    loaded = load_model(saved_model(tmp_path / "model", scale=scale, mask_offset=mask_offset))
     report = export_onnx(loaded, tmp_path / "raw.onnx", with_preprocessing=True, sample_size=SAMPLE)
-    assert report.output == "labels" and report.metadata["scale"] == "0.5"
+    assert report.output == "labels" and report.metadata["scale"] == repr(scale)
+    assert json.loads(report.metadata["mask_offset"]) == list(mask_offset)
     image = torch.randint(0, 256, (2, 3, 77, 90), dtype=torch.uint8)
     labels = run_onnx(tmp_path / "raw.onnx", image)
     logits = loaded.predict_logits(image.float() / 255)
@@ -150,6 +152,19 @@ def test_with_preprocessing_gives_the_labels_of_predict_logits(tmp_path):
     assert labels.dtype == np.int64 and labels.shape == (2, 77, 90)
     margins = (top2[:, 0] - top2[:, 1])[differ]
     assert differ.sum() < 0.001 * differ.numel() and (margins < 1e-3).all()  # only near-ties may differ
+
+
+def test_an_exported_float_graph_leaves_the_mask_offset_to_the_predictor(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pixelwise import Predictor
+
+    directory = saved_model(tmp_path / "model", mask_offset=(-0.5, 0.0))
+    export_onnx(load_model(directory), tmp_path / "m.onnx", sample_size=SAMPLE)
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    through_onnx = Predictor(tmp_path / "m.onnx", backend="onnxruntime").predict(image)
+    through_torch = Predictor.from_pretrained(directory).predict(image)
+    unshifted = Predictor.from_pretrained(saved_model(tmp_path / "plain")).predict(image)
+    assert np.abs(through_onnx - through_torch).max() < 1e-4 < np.abs(unshifted - through_torch).max()
 
 
 def test_export_refuses_a_model_it_cannot_reproduce(tmp_path):

@@ -22,7 +22,7 @@ from pixelwise.evaluate import evaluate
 from pixelwise.io import load_checkpoint
 from pixelwise.training.config import TrainConfig, resolve
 from pixelwise.training.run import train
-from settings import TINY_TRAIN
+from settings import TINY_TRAIN, edge_pairs
 
 TINY = TINY_TRAIN
 
@@ -68,7 +68,13 @@ def test_config_unknown_key_names_the_closest(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [({"optimizer": "adamm"}, "did you mean 'adamw'"), ({"epochs": 0}, "epochs=0"), ({"data": ""}, "--data DIR")],
+    [
+        ({"optimizer": "adamm"}, "did you mean 'adamw'"),
+        ({"epochs": 0}, "epochs=0"),
+        ({"data": ""}, "--data DIR"),
+        ({"mask_offset": [0.5]}, r"mask_offset=\[0.5\]: give \[dy, dx\]"),
+        ({"mask_offset": [0, 9]}, "within ±8"),
+    ],
 )
 def test_config_validation(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -124,7 +130,7 @@ def test_weight_averaging_validates_saves_and_resumes_the_averaged_weights(cells
     assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)
 
 
-@pytest.mark.parametrize("tta", ["flips", "d4"])
+@pytest.mark.parametrize("tta", ["hflip", "flips", "d4"])
 def test_evaluate_with_tta_scores_the_mean_of_the_transformed_predictions(cells, tmp_path, tta):
     import numpy as np
     from PIL import Image
@@ -139,9 +145,11 @@ def test_evaluate_with_tta_scores_the_mean_of_the_transformed_predictions(cells,
         head.weight.mul_(100)
         head.bias.zero_()
     model.save_pretrained(tmp_path / "m")  # a bare saved model sees the [0, 1] image unchanged
-    views = (
-        [(0, False), (0, True), (2, True), (2, False)] if tta == "flips" else [(k, f) for f in (0, 1) for k in range(4)]
-    )
+    views = {
+        "hflip": [(0, False), (0, True)],
+        "flips": [(0, False), (0, True), (2, True), (2, False)],
+        "d4": [(k, f) for f in (0, 1) for k in range(4)],
+    }[tta]
     matrix = np.zeros((2, 2), np.int64)
     for path in sorted((cells / "val" / "images").glob("*.png")):
         image = torch.from_numpy(np.asarray(Image.open(path), np.float32) / 255)[None, None]
@@ -345,6 +353,55 @@ def test_reduced_scale_training_is_evaluated_at_full_resolution(cells, tmp_path)
     assert sum(metrics["support"]) == 4 * 64 * 64  # every full-resolution pixel was scored
 
 
+def test_mask_offset_shifts_the_images_onto_their_masks_in_training_and_prediction(cells, tmp_path):
+    import dataclasses
+
+    import numpy as np
+    from scipy import ndimage
+
+    from pixelwise.data import SegmentationFolder
+    from pixelwise.evaluate import load_model
+    from pixelwise.training.data import SegmentationDataModule
+
+    offset = (-0.5, 0.25)
+    config = TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="s", mask_offset=list(offset), **TINY)
+    result = train(config)
+
+    def shifted(image):  # the independent oracle: scipy's linear shift, edges repeated
+        return torch.from_numpy(ndimage.shift(image.numpy(), (0,) * (image.ndim - 2) + offset, order=1, mode="nearest"))
+
+    raw = SegmentationFolder(cells, split="val")[0]["image"]
+    data = SegmentationDataModule(config.to_dict(), num_classes=2)
+    data.setup()
+    torch.testing.assert_close(data.val_set[0]["image"], shifted(raw))
+    # the saved model shifts what it is given the same way, before the flips of test-time augmentation
+    loaded = load_model(tmp_path / "s")
+    assert loaded.mask_offset == offset
+    unshifted = dataclasses.replace(loaded, mask_offset=(0.0, 0.0))
+    for tta in (None, "d4"):
+        expected = unshifted.predict_logits(shifted(raw[None]), tta=tta)
+        torch.testing.assert_close(loaded.predict_logits(raw[None], tta=tta), expected)
+        probabilities = pixelwise.Predictor.from_pretrained(tmp_path / "s", tta=tta).predict(raw[0].numpy())
+        np.testing.assert_allclose(probabilities, expected.softmax(1)[0].numpy(), atol=1e-5)
+    # so validation during training and evaluate afterwards score the same predictions
+    metrics = evaluate(tmp_path / "s", cells, split="val", out_dir=tmp_path / "eval", progress=False)
+    assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)
+
+
+def test_train_notes_masks_drawn_off_the_image_edges(cells, tmp_path, caplog):
+    data = tmp_path / "off"
+    for split in ("train", "val"):
+        edge_pairs(data / split, (-0.5, 0.0))  # masks half a pixel above the image's edges
+    with caplog.at_level("INFO"):
+        train(TrainConfig(data=str(data), runs_dir=str(tmp_path), name="off", **TINY))
+    assert '--mask-offset "[-0.5, 0.0]"' in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):  # given the offset, or for data without one, there is nothing to say
+        train(TrainConfig(data=str(data), runs_dir=str(tmp_path), name="given", mask_offset=[-0.5, 0], **TINY))
+        train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="cells", **TINY))
+    assert "--mask-offset" not in caplog.text
+
+
 def test_unet2015_trains_on_mirrored_tiles_and_is_scored_on_whole_images(cells, tmp_path, caplog):
     """The paper's network through the training loop: valid-size input tiles with mirrored context,
     the loss on the smaller output tile, whole validation images predicted mirror-padded."""
@@ -402,3 +459,15 @@ def test_train_help_comes_from_the_config_docstrings():
     helps = field_help()
     assert "median-frequency" in helps["class_weights"]
     assert helps["channels_last"].startswith("Train in the channels-last")
+
+
+def test_list_options_parse_from_the_command_line():
+    import argparse
+
+    from pixelwise.training.cli_args import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--mask-offset", "[-0.5, 0.25]", "--class-weights", "[1, 2.5]", "--epochs", "3"])
+    config = resolve(None, {"data": "d", **{k: v for k, v in vars(args).items() if v is not None}})
+    assert (config.mask_offset, config.class_weights, config.epochs) == ([-0.5, 0.25], [1, 2.5], 3)

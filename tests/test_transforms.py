@@ -7,6 +7,7 @@ from scipy import ndimage
 from torchvision import tv_tensors
 
 from pixelwise.data import RandomElasticGrid, build_transforms
+from pixelwise.data.transforms import shift_image
 from pixelwise.errors import ConfigError, ShapeError
 
 IGNORE = 255
@@ -138,3 +139,11 @@ def test_mirror_border_reflects_the_image_and_pads_masks_with_ignore():
     assert cropped.shape == (2, 20, 20) and cropped_mask.shape == (20, 20)
     with pytest.raises(ConfigError, match="border"):
         build_transforms("none", mirror_border=-1)
+
+
+@pytest.mark.parametrize("shape", [(17, 23), (3, 17, 23), (2, 3, 17, 23)])
+@pytest.mark.parametrize("offset", [(-0.5, 0.0), (0.0, 0.75), (1.0, -2.0), (-1.25, 0.3), (0.0, 0.0)])
+def test_shift_image_is_scipys_linear_shift_with_repeated_edges(shape, offset):
+    image = torch.rand(shape, dtype=torch.float64)
+    expected = ndimage.shift(image.numpy(), (0,) * (len(shape) - 2) + offset, order=1, mode="nearest")
+    np.testing.assert_allclose(shift_image(image, offset).numpy(), expected, atol=1e-12)

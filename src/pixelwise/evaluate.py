@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelwise.data import ClassInfo, SegmentationFolder
+from pixelwise.data.transforms import shift_image
 from pixelwise.errors import ConfigError
 from pixelwise.inference.tiling import forward_mirrored, is_valid_conv_model
 from pixelwise.inference.tta import tta_average, tta_transforms
@@ -45,6 +46,8 @@ class LoadedModel:
     """What the model was trained on: ``semantic`` or ``boundary`` (background / interior / boundary)."""
     separation_gap: int = 0
     """Pixels cut from each side of touching objects in the training target (undone by ``to_instances``)."""
+    mask_offset: tuple[float, float] = (0.0, 0.0)
+    """``[dy, dx]`` pixels: the images are shifted by this before the network (``TrainConfig.mask_offset``)."""
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """``[N, K, H, W]`` logits → probabilities: softmax, or sigmoid for a one-channel (binary) model."""
@@ -54,18 +57,24 @@ class LoadedModel:
     def predict_logits(self, image: torch.Tensor, tta: str | None = None) -> torch.Tensor:
         """``[C, H, W]`` or ``[N, C, H, W]`` image(s) in [0, 1] → ``[N, K, H, W]`` logits (whole image).
 
-        A model trained at ``scale`` sees the image resized by it; its scores are upsampled back.
+        The image is first shifted by ``mask_offset`` (as in training); a model trained at ``scale``
+        sees the image resized by it; its scores are upsampled back.
         A valid-convolution model (UNet2015) predicts the mirror-padded image, see
         :func:`~pixelwise.inference.tiling.forward_mirrored`.
-        With ``tta`` (``"flips"`` or ``"d4"``, see :mod:`pixelwise.inference.tta`) the probabilities
+        With ``tta`` (``"hflip"``, ``"flips"`` or ``"d4"``, see :mod:`pixelwise.inference.tta`) the probabilities
         of the transformed copies are averaged, and the logits returned are those of the average
         (log-probabilities, or the logit of a one-channel model), so that ``probabilities`` and
         ``argmax`` work on them as on plain logits.
         """
         batch = image[None] if image.ndim == 3 else image
+        # in the image's own frame, before any flip: the offset is a fact of how the masks were drawn
+        batch = shift_image(batch, self.mask_offset)
         if tta is not None:
-            mean = tta_average(lambda x: self.probabilities(self.predict_logits(x)), batch, tta)
+            mean = tta_average(lambda x: self.probabilities(self._logits(x)), batch, tta)
             return torch.logit(mean, eps=1e-7) if mean.shape[1] == 1 else mean.clamp_min(1e-12).log()
+        return self._logits(batch)
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         size = batch.shape[-2:]
         device = next(self.model.parameters()).device
         batch = (batch.to(device) - self.mean.to(device)) / self.std.to(device)
@@ -103,9 +112,10 @@ def load_model(path: str | Path) -> LoadedModel:
         mean, std, scale = preprocessing["mean"], preprocessing["std"], float(preprocessing.get("scale", 1.0))
     else:  # a bare save_pretrained model: inputs in [0, 1] go in unchanged
         mean, std, scale, preprocessing = [0.0] * model.in_channels, [1.0] * model.in_channels, 1.0, {}
-    instance_facts = {
+    facts = {
         "target": str(preprocessing.get("target", "semantic")),
         "separation_gap": int(preprocessing.get("separation_gap", 0)),
+        "mask_offset": tuple(float(v) for v in preprocessing.get("mask_offset", (0.0, 0.0))),
     }
     classes_path = model_dir / "classes.yaml"
     classes = ClassInfo.load(classes_path) if classes_path.is_file() else ClassInfo.default(model.classes)
@@ -117,7 +127,7 @@ def load_model(path: str | Path) -> LoadedModel:
         classes,
         run_dir,
         scale,
-        **instance_facts,
+        **facts,
     )
 
 
@@ -149,7 +159,7 @@ def evaluate(
     boundary-target model, else components), scored against the data's ``instances/`` labels (else
     the connected components of the mask) by :class:`pixelwise.instances.InstanceScores`; the means
     go to ``metrics["instances"]`` and the report. A boundary-target model is scored semantically as
-    background / object. ``tta`` (``"flips"`` or ``"d4"``) averages the probabilities of flipped and
+    background / object. ``tta`` (``"hflip"``, ``"flips"`` or ``"d4"``) averages the probabilities of flipped and
     rotated copies of every image.
     """
     if tta is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.inference.tta import TTA_MODES
 
 LARGE_IMAGE_PIXELS = 64 * 2**20
 """Images with more pixels than this (64 Mpx) are written as tiled TIFFs; TIFF inputs are streamed."""
@@ -33,7 +34,9 @@ def add_predict_parser(commands: Any) -> None:
     predict.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     predict.add_argument("--blend", default="gaussian", help="gaussian, linear or none (default gaussian)")
     predict.add_argument("--batch-size", type=int, default=2, help="tiles per forward pass (default 2; more on a GPU)")
-    predict.add_argument("--tta", default=None, help="test-time augmentation: flips or d4 (default none)")
+    predict.add_argument(
+        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation, probabilities averaged (default none)"
+    )
     predict.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
     predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     predict.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,11 @@ MAX_READERS = 4
 """Threads that read files in parallel."""
 MAX_REPORTED_PROBLEMS = 50
 """``DataReport.format()`` lists at most this many problems by default, then counts the rest."""
+MIN_OFFSET_PAIRS = 5
+"""``DataReport.format()`` suggests a ``mask_offset`` only when measured on at least this many pairs."""
+MIN_SUGGESTED_OFFSET = 0.4
+"""... and only for an axis whose offset is at least this many pixels (smaller ones may come from the
+scenes themselves: shading beside object edges moves the strongest intensity step)."""
 
 
 @dataclass
@@ -50,6 +56,10 @@ class DataReport:
             ``weight(c) = median(freq) / freq(c)``; classes never present get weight 0.
         mean, std: ``[C]`` per-channel mean and standard deviation of the images (scaled to [0, 1]),
             for normalisation.
+        mask_offset: ``[dy, dx]`` pixels, where the masks' class edges sit relative to the images'
+            intensity edges (median over the pairs, see :func:`edge_offset`; NaN where unmeasured).
+            Labels drawn half a pixel off show here; ``TrainConfig.mask_offset`` compensates.
+        offset_pairs: pairs in which the offset could be measured.
     """
 
     root: Path
@@ -65,11 +75,22 @@ class DataReport:
     mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
     std: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ignore_index: int = IGNORE_INDEX
+    mask_offset: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
+    offset_pairs: int = 0
 
     @property
     def ok(self) -> bool:
         """True when no problem was found."""
         return not self.problems
+
+    @property
+    def suggested_mask_offset(self) -> list[float] | None:
+        """``mask_offset`` in half pixels for a clear offset (at least ``MIN_SUGGESTED_OFFSET`` px in an
+        axis, measured on at least ``MIN_OFFSET_PAIRS`` pairs), else None."""
+        if self.offset_pairs < MIN_OFFSET_PAIRS:
+            return None
+        suggested = [round(2 * v) / 2 if abs(v) >= MIN_SUGGESTED_OFFSET else 0.0 for v in self.mask_offset]
+        return suggested if any(suggested) else None
 
     def _relative(self, file: str) -> str:
         try:
@@ -105,6 +126,17 @@ class DataReport:
         if self.mean.size:
             fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
             lines.append(f"channel mean {fmt(self.mean)}, std {fmt(self.std)}")
+        if self.offset_pairs:
+            dy, dx = (f"{v:+.2f}" if np.isfinite(v) else "n/a" for v in self.mask_offset)
+            lines.append(
+                f"mask edges vs image edges: dy {dy}, dx {dx} px (median of {self.offset_pairs} pairs; "
+                "negative: masks above / left of the image)"
+            )
+            if self.suggested_mask_offset:
+                lines.append(
+                    f"  if the labels were drawn that far off the structures, train with mask_offset: "
+                    f"{self.suggested_mask_offset} (the images are shifted onto them)"
+                )
         lines.append("")
         if self.ok:
             lines.append("no problems found.")
@@ -129,6 +161,38 @@ class _PairResult:
     ids: np.ndarray | None = None  # pixels per class id, void excluded
     void: int = 0
     pixels: int = 0
+    offset: np.ndarray | None = None  # [dy, dx], see edge_offset
+
+
+def edge_offset(image: np.ndarray, mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """``[dy, dx]``: how far the mask's class edges sit from the image's intensity edges, in pixels.
+
+    Per axis, the mean absolute intensity step of the (channel-averaged) image is taken at the
+    mask's edges moved by -1, 0 and +1 pixel; a parabola through the three gives the sub-pixel
+    position of the best match. Negative: the mask's edges are above (left of) the image's. NaN for
+    an axis without a clear peak within ±1 px: no edges, edges that do not follow the image, or
+    objects whose strongest step lies inside them on both sides (a dark rim, say).
+
+    Args:
+        image: ``[C, H, W]`` or ``[H, W]`` array.
+        mask: ``[H, W]`` class ids; ``ignore_index`` pixels take no part.
+    """
+    gray = image.astype(np.float64).reshape(-1, *mask.shape).mean(0)
+    offset = np.full(2, np.nan)
+    for axis in (0, 1):
+        values, labels = np.moveaxis(gray, axis, 0), np.moveaxis(mask, axis, 0)
+        steps = np.abs(np.diff(values, axis=0))  # steps[y] lies between rows y and y + 1
+        edges = (labels[1:] != labels[:-1]) & (labels[1:] != ignore_index) & (labels[:-1] != ignore_index)
+        rows, cols = np.nonzero(edges[1:-1])  # keep a row on each side for the moves
+        if rows.size == 0:
+            continue
+        before, here, after = (steps[rows + 1 + move, cols].mean() for move in (-1, 0, 1))
+        curvature = before - 2 * here + after
+        # the image's edge lies at move m = (before - after) / (2 · curvature); the mask's at -m
+        move = 0.5 * (before - after) / curvature if curvature < 0 else np.inf
+        if abs(move) <= 1:
+            offset[axis] = -move
+    return offset
 
 
 def _channel_moments(image: np.ndarray) -> np.ndarray:
@@ -173,6 +237,7 @@ def _inspect_pair(pair: tuple[Path, Path], classes: ClassInfo | None, ignore_ind
         result.void = int(ids[ignore_index])
         ids[ignore_index] = 0  # void is counted separately
     result.ids, result.pixels = np.trim_zeros(ids, "b"), mask.size
+    result.offset = edge_offset(image, mask, ignore_index)
     return result
 
 
@@ -250,6 +315,7 @@ def check_dataset(
     present_pixels = np.zeros(0, np.int64)  # pixels of the images in which each id occurs
     channels: dict[str, int] = {}
     moments: dict[int, np.ndarray] = {}  # channel count -> [3, C]: pixels, sum, sum of squares
+    offsets: list[np.ndarray] = []
     show = progress if progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS
     inspect = functools.partial(_inspect_pair, classes=classes, ignore_index=ignore_index)
     # decoding releases the GIL, so a few threads read files in parallel; results come back in order
@@ -269,6 +335,8 @@ def check_dataset(
                 moments[c] = moments.get(c, 0) + result.moments
             if result.ids is None:
                 continue
+            if result.offset is not None and np.isfinite(result.offset).any():
+                offsets.append(result.offset)
             ids = result.ids
             report.void_pixels += result.void
             if known_k is not None and ids[known_k:].any():
@@ -305,5 +373,10 @@ def check_dataset(
     labelled = report.class_pixels.sum()
     report.frequencies = report.class_pixels / labelled if labelled else np.zeros(k)
     report.median_frequency_weights = median_frequency_weights(report.class_pixels, present_pixels)
+    if offsets:
+        with warnings.catch_warnings():  # an axis never measured stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            report.mask_offset = np.nanmedian(np.stack(offsets), axis=0)
+        report.offset_pairs = len(offsets)
     report.problems.sort(key=lambda item: item[0])
     return report

@@ -200,6 +200,32 @@ def mirror_index(start: int, stop: int, size: int) -> np.ndarray:
     return np.where(folded < size, folded, period - folded)
 
 
+def shift_image(image: torch.Tensor, offset: Sequence[float]) -> torch.Tensor:
+    """Translate ``image`` (``[..., H, W]``) by ``offset = (dy, dx)`` pixels, sub-pixel steps included:
+    ``out[y, x] = image[y - dy, x - dx]``, linearly interpolated, edge pixels repeated beyond the border.
+
+    The registration of images onto masks drawn ``mask_offset`` away from the structures they mark
+    (:attr:`pixelwise.training.TrainConfig.mask_offset`): ``shift_image(image, mask_offset)``
+    moves what the image shows to where its mask puts it. Made of padding and slicing only, so it
+    also runs inside an exported ONNX graph.
+    """
+    out = image
+    for dim, step in ((-2, float(offset[0])), (-1, float(offset[1]))):
+        if step == 0:
+            continue
+        whole = math.floor(-step)  # out[i] = (1 - f)·image[i + whole] + f·image[i + whole + 1]
+        fraction = -step - whole
+        reach = abs(whole) + 1
+        pad = [0, 0, 0, 0]
+        pad[0 if dim == -1 else 2 : 2 if dim == -1 else 4] = [reach, reach]
+        padded = F.pad(out[None] if out.ndim == 2 else out, pad, mode="replicate")
+        padded = padded[0] if out.ndim == 2 else padded
+        length = out.shape[dim]
+        low = padded.narrow(dim, reach + whole, length)
+        out = low if fraction == 0 else (1 - fraction) * low + fraction * padded.narrow(dim, reach + whole + 1, length)
+    return out
+
+
 class MirrorPad(v2.Transform):
     """Pad by ``border`` pixels on every side: the image mirrored (as ``numpy.pad(mode="reflect")``,
     repeated for images smaller than the border), masks with ``fill`` (``ignore_index``; instances 0).

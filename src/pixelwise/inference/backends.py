@@ -47,6 +47,8 @@ class ResolvedModel:
     """An object with UNet2015's ``valid_input_size``/``output_size``/``border``/``depth``, or None."""
     owned: bool = False
     """The module was loaded here (from a path), so it may be changed in place instead of copied."""
+    mask_offset: tuple[float, float] = (0.0, 0.0)
+    """``[dy, dx]``: images are shifted by this before the network (``TrainConfig.mask_offset``)."""
 
 
 def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
@@ -75,7 +77,9 @@ def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
         module = model.model
         geometry = module if is_valid_conv_model(module) else None
         mean, std = model.mean.flatten(), model.std.flatten()
-        return ResolvedModel(module, None, mean, std, model.scale, model.classes, geometry, owned=loaded_here)
+        return ResolvedModel(
+            module, None, mean, std, model.scale, model.classes, geometry, loaded_here, model.mask_offset
+        )
     if not callable(model):
         raise ConfigError(
             f"cannot predict with a {type(model).__name__}; pass a model (any callable [N, C, H, W] → "
@@ -109,7 +113,10 @@ def _resolve_onnx(path: Path) -> ResolvedModel:
             output_size=lambda n: UNet2015.output_size(n, depth),
         )
     scale = float(meta["scale"]) if "scale" in meta else None
-    return ResolvedModel(model, path, mean, std, scale, classes, geometry)
+    offset = meta.get("mask_offset")
+    # a raw-image graph shifts its input itself; a float graph leaves it to the Predictor
+    offset = (0.0, 0.0) if offset is None or model.raw else tuple(float(v) for v in offset)
+    return ResolvedModel(model, path, mean, std, scale, classes, geometry, mask_offset=offset)
 
 
 def default_device(resolved: ResolvedModel, backend: str) -> torch.device:

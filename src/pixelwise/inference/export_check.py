@@ -58,12 +58,13 @@ def resolve(model: Any, in_channels: int | None, mean: Any, std: Any) -> tuple[n
     """
     from pixelwise.evaluate import LoadedModel, load_model
 
-    info: dict[str, Any] = {"scale": 1.0, "classes": None, "mean": None, "std": None}
+    info: dict[str, Any] = {"scale": 1.0, "mask_offset": [0.0, 0.0], "classes": None, "mean": None, "std": None}
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     if isinstance(model, LoadedModel):
         info |= {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(), "scale": model.scale}
         info["classes"] = list(model.classes.names)
+        info["mask_offset"] = list(model.mask_offset)
         model = model.model
     if not isinstance(model, nn.Module):
         raise ConfigError(f"cannot export a {type(model).__name__}; pass a model, a run directory or a saved model.")
@@ -96,6 +97,7 @@ def metadata(model: nn.Module, info: dict[str, Any], raw: bool) -> dict[str, str
         "mean": json.dumps(info["mean"]),
         "std": json.dumps(info["std"]),
         "scale": repr(float(info["scale"])),
+        "mask_offset": json.dumps(info["mask_offset"]),
         "input_format": RAW if raw else FLOAT,
         "input_layout": "NCHW",
         "output": "labels" if raw else ("logits" if plain else "scores"),
@@ -132,7 +134,8 @@ def reference(model: nn.Module, info: dict[str, Any], x: torch.Tensor, raw: bool
 
     shape = (1, -1, 1, 1)
     mean, std = torch.tensor(info["mean"]).view(shape), torch.tensor(info["std"]).view(shape)
-    loaded = LoadedModel(model, mean, std, ClassInfo.default(1), None, info["scale"])
+    offset = tuple(info["mask_offset"])
+    loaded = LoadedModel(model, mean, std, ClassInfo.default(1), None, info["scale"], mask_offset=offset)
     return loaded.predict_logits(x.float() / UINT8_MAX)
 
 

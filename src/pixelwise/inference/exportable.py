@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixelwise.data.transforms import shift_image
 from pixelwise.models.base import SegmentationModel
 
 UINT8_MAX = 255.0
@@ -202,7 +203,8 @@ def _scaled(n: torch.Tensor | int, scale: float) -> torch.Tensor | int:
 class RawImageModel(nn.Module):
     """Raw pixels in, class labels out: the whole inference of a trained model in one graph.
 
-    Steps: uint8 → float / 255 → ``(x - mean) / std`` → resize by ``scale`` (antialiased, when it
+    Steps: uint8 → float / 255 → ``(x - mean) / std`` → shift by ``mask_offset`` (see
+    :func:`~pixelwise.data.transforms.shift_image`, when it is not 0) → resize by ``scale`` (antialiased, when it
     is not 1) → network → logits resized back to the input size (bilinear) → labels: argmax over
     classes, or ``logit > 0`` (sigmoid > 0.5) for a single-class model.
 
@@ -210,16 +212,25 @@ class RawImageModel(nn.Module):
     ``image.transpose(2, 0, 1)[None]``) → ``int64 [N, H, W]``.
     """
 
-    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor, scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        scale: float = 1.0,
+        mask_offset: tuple[float, float] | list[float] = (0.0, 0.0),
+    ) -> None:
         super().__init__()
         self.network = ExportableModel(model, activation=False)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
         self.scale = float(scale)
+        self.mask_offset = (float(mask_offset[0]), float(mask_offset[1]))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image.to(torch.float32) / UINT8_MAX - self.mean) / self.std
         height, width = x.shape[-2], x.shape[-1]
+        x = shift_image(x, self.mask_offset)
         if self.scale != 1:
             x = antialiased_resize(x, (_scaled(height, self.scale), _scaled(width, self.scale)))
         logits = self.network.logits(x)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pixelwise.data.transforms import shift_image
 from pixelwise.errors import ConfigError, InputSizeError, unknown_name
 from pixelwise.inference import backends
 from pixelwise.inference.stitch import StitchOptions, iter_bands
@@ -66,7 +67,8 @@ class Predictor:
         blend: ``"gaussian"`` (MONAI's window, σ = tile/8), ``"linear"`` (tent) or ``"none"`` (mean).
         batch_size: tiles per forward pass. 2 streamed a 64 Mpx image as fast as 4 on a 2-core CPU with
             260 MB less peak memory (docs/RESULTS.md); raise it on a GPU.
-        tta: None, ``"flips"`` (4 flips) or ``"d4"`` (8 rotations/flips); probabilities are averaged.
+        tta: None, ``"hflip"`` (2: left-right flip), ``"flips"`` (4 flips) or ``"d4"`` (8
+            rotations/flips); probabilities are averaged.
         backend: ``"torch"`` or ``"onnxruntime"`` (torch models are exported to a temporary file).
         precision: ``"fp32"``; ``"bf16"`` (torch autocast); ``"int8"`` (quantized ONNX model).
         device: torch device; default CUDA when available for modules, else CPU.
@@ -130,6 +132,7 @@ class Predictor:
         loaded = backends.resolve(model, backend, precision)
         self.classes = loaded.classes
         self.scale = float(scale if loaded.scale is None else loaded.scale)
+        self.mask_offset = loaded.mask_offset
         self.geometry = loaded.geometry
         if self.geometry is not None and self.scale != 1:
             name = type(self.geometry).__name__
@@ -180,6 +183,8 @@ class Predictor:
 
     # -- prediction ----------------------------------------------------------------------------
     def _tile_scores(self, tiles: torch.Tensor) -> torch.Tensor:
+        # before the flips of TTA: the offset lives in the image's own frame
+        tiles = shift_image(tiles, self.mask_offset)
         x = tiles if self._mean is None else (tiles - self._mean) / self._std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

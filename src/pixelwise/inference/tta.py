@@ -1,9 +1,11 @@
 """Test-time augmentation: predict flipped / rotated copies of a tile and average the un-done outputs.
 
-Each transform is a rotation by ``k·90°`` after an optional left-right flip. ``"flips"`` uses the
-four flips (identity, left-right, up-down, both); ``"d4"`` all eight symmetries of the square
-(the four rotations, each with and without a flip). The output of every transformed input is
-transformed back before averaging, so a model that is itself equivariant gives the plain output.
+Each transform is a rotation by ``k·90°`` after an optional left-right flip. ``"hflip"`` uses the
+identity and the left-right flip (for images whose up and down differ: street scenes, or labels
+drawn with a vertical offset); ``"flips"`` the four flips (identity, left-right, up-down, both);
+``"d4"`` all eight symmetries of the square (the four rotations, each with and without a flip).
+The output of every transformed input is transformed back before averaging, so a model that is
+itself equivariant gives the plain output.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import torch
 
 from pixelwise.errors import unknown_name
 
-TTA_MODES = ("flips", "d4")
+TTA_MODES = ("hflip", "flips", "d4")
 
 Transform = tuple[int, bool]
 """``(k, flip)``: flip left-right if ``flip``, then rotate by ``k·90°`` counter-clockwise."""
 
 _TRANSFORMS: dict[str, tuple[Transform, ...]] = {
+    "hflip": ((0, False), (0, True)),
     # rot180 ∘ hflip = vflip; rot180 alone = both flips.
     "flips": ((0, False), (0, True), (2, True), (2, False)),
     "d4": tuple((k, flip) for flip in (False, True) for k in range(4)),
@@ -27,7 +30,7 @@ _TRANSFORMS: dict[str, tuple[Transform, ...]] = {
 
 
 def tta_transforms(mode: str) -> tuple[Transform, ...]:
-    """The transforms of a TTA mode (``"flips"``: 4, ``"d4"``: 8).
+    """The transforms of a TTA mode (``"hflip"``: 2, ``"flips"``: 4, ``"d4"``: 8).
 
     Raises:
         ConfigError: unknown mode (names the valid ones).

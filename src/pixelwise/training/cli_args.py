@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import types
 import typing
 from typing import Any
 
@@ -44,8 +45,10 @@ def _number_or_text(text: str) -> Any:
 
 def _converter(annotation: Any) -> Any:
     """The argparse ``type`` for a field annotation (``X | None`` converts like X)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = args[0] if len(args) == 1 else annotation
+    base = annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        base = args[0] if len(args) == 1 else annotation
     if base in (int, float, str):
         return base
     if typing.get_origin(base) is dict or base is dict:

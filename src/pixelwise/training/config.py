@@ -77,6 +77,11 @@ class TrainConfig:
     scale: float = 1.0
     """Resize images (bilinear) and masks (nearest) by this factor before cropping; the model then
     predicts at this scale and evaluation upsamples its scores to the full resolution."""
+    mask_offset: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """Where the masks sit relative to the structures in the images, ``[dy, dx]`` in pixels (negative:
+    up / left), for labels drawn a sub-pixel step off (the ISBI 2012 masks: ``[-0.5, 0]``). Every image is
+    shifted onto its mask's grid (linear interpolation) before augmentation, and the saved model does
+    the same when it predicts, so flips and rotations keep image and mask consistent."""
     crop: int | None = 256
     """Side of the random training crops in pixels (``None``: whole images, which must share a size).
     For ``unet2015`` the input tile, rounded up to a valid size (572 in the paper) and cut from the
@@ -167,6 +172,15 @@ class TrainConfig:
                 raise ConfigError(f"{option}={getattr(self, option)} must be at least 1.")
         if not 0 < self.scale <= 4:
             raise ConfigError(f"scale={self.scale} must be in (0, 4]; e.g. 0.5 trains at half resolution.")
+        if (
+            not isinstance(self.mask_offset, list | tuple)
+            or len(self.mask_offset) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= 8 for v in self.mask_offset)
+        ):
+            raise ConfigError(
+                f"mask_offset={self.mask_offset!r}: give [dy, dx] in pixels, each within ±8 (e.g. [-0.5, 0])."
+            )
+        self.mask_offset = [float(v) for v in self.mask_offset]
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be positive (e.g. 1e-3 for AdamW).")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from pixelwise.data import SegmentationFolder, build_transforms
+from pixelwise.data.transforms import shift_image
 from pixelwise.instances import TargetOptions, training_targets
 from pixelwise.training.config import TrainConfig
 
@@ -60,13 +61,15 @@ def rescale(sample: dict[str, Any], scale: float) -> dict[str, Any]:
     return out
 
 
-class ScaledTransform:
-    """Resize by ``scale`` (see :func:`rescale`), then apply ``transform``; picklable for DataLoader workers."""
+class PreparedTransform:
+    """Shift the image onto its mask's grid (``mask_offset``, see :func:`~pixelwise.data.transforms.shift_image`),
+    resize by ``scale`` (see :func:`rescale`), then apply ``transform``; picklable for DataLoader workers."""
 
-    def __init__(self, scale: float, transform: Any = None) -> None:
-        self.scale, self.transform = scale, transform
+    def __init__(self, scale: float, mask_offset: list[float], transform: Any = None) -> None:
+        self.scale, self.mask_offset, self.transform = scale, mask_offset, transform
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, *rest: torch.Tensor):
+        image = shift_image(image, self.mask_offset)
         sample = rescale({"image": image, "mask": mask, **({"instances": rest[0]} if rest else {})}, self.scale)
         parts = (sample["image"], sample["mask"], *([sample["instances"]] if rest else []))
         return self.transform(*parts) if self.transform is not None else parts
@@ -126,8 +129,9 @@ class SegmentationDataModule(L.LightningDataModule):
             ignore_index=config["ignore_index"],
             mirror_border=self.mirror_border,
         )
-        train_transform = ScaledTransform(config["scale"], augment) if config["scale"] != 1 else augment
-        val_transform = ScaledTransform(config["scale"]) if config["scale"] != 1 else None
+        prepared = config["scale"] != 1 or any(config["mask_offset"])
+        train_transform = PreparedTransform(config["scale"], config["mask_offset"], augment) if prepared else augment
+        val_transform = PreparedTransform(config["scale"], config["mask_offset"]) if prepared else None
         self.train_set = SegmentationFolder(
             config["data"],
             split=config["train_split"],

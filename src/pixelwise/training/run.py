@@ -106,6 +106,13 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
         files=config.train_files,
     )
     train_report.raise_if_bad()
+    if train_report.suggested_mask_offset and not any(config.mask_offset):
+        dy, dx = train_report.mask_offset
+        rank_zero_info(
+            f"note: the masks' edges sit dy {dy:+.2f}, dx {dx:+.2f} px from the images' edges; if the labels "
+            f'were drawn that way, --mask-offset "{train_report.suggested_mask_offset}" trains on images '
+            "shifted onto them (see `pixelwise check-data`)."
+        )
     val_report = check_dataset(
         config.data,
         split=config.val_split,
@@ -227,6 +234,7 @@ def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config:
         "std": facts["std"],
         "input_range": "unit",  # images are scaled to [0, 1] (8-bit / 255, 16-bit / 65535) before mean/std
         "scale": config.scale,  # the model predicts on images resized by this factor
+        "mask_offset": config.mask_offset,  # [dy, dx]: images are shifted by this before the network
         "ignore_index": config.ignore_index,
         # how the outputs become instances: the target's classes, and the gaps cut between touching objects
         "target": config.target,
