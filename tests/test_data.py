@@ -70,8 +70,11 @@ def test_split_folders_and_errors(tmp_path):
     assert len(SegmentationFolder(tmp_path, "train")) == 2 and len(SegmentationFolder(tmp_path, "val")) == 1
     with pytest.raises(DataError, match=r"split folders \(train, val\).*split='train'"):
         SegmentationFolder(tmp_path)
-    with pytest.raises(DataError, match=r"no split folder 'test' \(it has train, val\)"):
+    with pytest.raises(DataError, match=r"no split folder 'test': it has train, val; pass one of those"):
         SegmentationFolder(tmp_path, "test")
+    make_folder(tmp_path / "flat", names=("a",))
+    with pytest.raises(DataError, match=r"no split folder 'train': its images/ and masks/ are one unsplit set"):
+        SegmentationFolder(tmp_path / "flat", "train")
     with pytest.raises(DataError, match="does not exist"):
         SegmentationFolder(tmp_path / "nowhere")
     (tmp_path / "empty" / "images").mkdir(parents=True)

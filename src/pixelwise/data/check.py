@@ -31,10 +31,11 @@ MAX_READERS = 4
 MAX_REPORTED_PROBLEMS = 50
 """``DataReport.format()`` lists at most this many problems by default, then counts the rest."""
 MIN_OFFSET_PAIRS = 5
-"""``DataReport.format()`` suggests a ``mask_offset`` only when measured on at least this many pairs."""
+"""``DataReport.suggested_mask_offset`` needs the offset measured on at least this many pairs."""
 MIN_SUGGESTED_OFFSET = 0.4
-"""... and only for an axis whose offset is at least this many pixels (smaller ones may come from the
-scenes themselves: shading beside object edges moves the strongest intensity step)."""
+"""``DataReport.suggested_mask_offset`` ignores an axis whose offset is smaller than this, in pixels:
+smaller ones may come from the scenes themselves (shading beside object edges moves the strongest
+intensity step)."""
 
 
 @dataclass

@@ -289,8 +289,13 @@ def scan_folder(
     if split is not None:
         base = root / split
         if not base.is_dir():
-            found = f"it has {', '.join(splits)}" if splits else "it has no split folders"
-            raise DataError(f"{str(root)!r} has no split folder {split!r} ({found}); pass one of those as split.")
+            if splits:
+                fix = f"it has {', '.join(splits)}; pass one of those as the split"
+            elif (root / "images").is_dir():
+                fix = "its images/ and masks/ are one unsplit set; put them in train/ and val/ sub-folders"
+            else:
+                fix = "expected split sub-folders such as train/images/ and train/masks/"
+            raise DataError(f"{str(root)!r} has no split folder {split!r}: {fix}.")
     elif (root / "images").is_dir() or not splits:
         base = root
     else:
