@@ -471,3 +471,19 @@ def test_list_options_parse_from_the_command_line():
     args = parser.parse_args(["--mask-offset", "[-0.5, 0.25]", "--class-weights", "[1, 2.5]", "--epochs", "3"])
     config = resolve(None, {"data": "d", **{k: v for k, v in vars(args).items() if v is not None}})
     assert (config.mask_offset, config.class_weights, config.epochs) == ([-0.5, 0.25], [1, 2.5], 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("[01]?", "[01]?"), ("2[0-4]", "2[0-4]"), ("[00, 01, 19]", ["00", "01", "19"]), ("slice_*", "slice_*")],
+)
+def test_file_selections_parse_from_the_command_line(text, expected):
+    import argparse
+
+    from pixelwise.training.cli_args import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--train-files", text, "--val-files", text])
+    assert args.train_files == expected
+    assert args.val_files == expected

@@ -43,6 +43,16 @@ def _number_or_text(text: str) -> Any:
     return value if isinstance(value, int | float | list) else text
 
 
+def _text_or_text_list(text: str) -> str | list[str]:
+    """A file selection: a YAML list keeps every item as text (stems such as ``00`` keep their zeros);
+    anything else, e.g. the glob ``[01]?`` (not valid YAML), is the text itself."""
+    try:
+        value = yaml.load(text, Loader=yaml.BaseLoader)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, list) else text
+
+
 def _converter(annotation: Any) -> Any:
     """The argparse ``type`` for a field annotation (``X | None`` converts like X)."""
     base = annotation
@@ -53,6 +63,8 @@ def _converter(annotation: Any) -> Any:
         return base
     if typing.get_origin(base) is dict or base is dict:
         return _parse_yaml
+    if set(typing.get_args(annotation)) - {type(None)} == {str, list[str]}:
+        return _text_or_text_list
     return _number_or_text  # unions such as str | list[float], int | str
 
 
