@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -152,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pixelwise.errors import ConfigError
     from pixelwise.training.cli_args import overrides_from
     from pixelwise.training.config import resolve
-    from pixelwise.training.run import train
+    from pixelwise.training.run import process_start, train
 
     overrides = overrides_from(args)
     if args.resume:
@@ -164,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         config = resolve(args.config, overrides)
-    result = train(config, resume=bool(args.resume))
+    result = train(config, resume=bool(args.resume), start=process_start())  # the budget covers the whole command
     best = f"{result.best_miou:.4f}" if result.best_miou is not None else "n/a"
     print(f"run: {result.run_dir}  best val mIoU: {best}  epochs: {result.epochs}  time: {result.seconds:.0f} s")
     return 0
@@ -252,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K|FILE",
         help="number of classes, or a classes.yaml/.json (default: the folder's class file, else inferred)",
     )
-    check.add_argument("--ignore-index", type=int, default=255, help="mask value of void pixels (default 255)")
+    check.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        help="mask value of void pixels (default 255; masks holding only 0 and 255 read 255 as the foreground)",
+    )
     check.set_defaults(func=cmd_check_data)
 
     train = commands.add_parser("train", help="train a model on a data folder (Lightning; CPU, GPU, DDP)")
@@ -314,17 +321,40 @@ def _version() -> str:
     return f"pixelwise {__version__}"
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a batch scheduler's time limit) unwinds like Ctrl-C, so that every
+    temporary file being written is removed on the way out."""
+    raise SystemExit(128 + signum)
+
+
+def _printable_names() -> None:
+    """File names are data: one that is not valid UTF-8 prints with backslash escapes instead of
+    failing on a strict terminal."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    _printable_names()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return args.func(args)
     except PixelwiseError as error:
         print(f"pixelwise {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"pixelwise {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

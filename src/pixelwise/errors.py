@@ -46,3 +46,7 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
 
 class ShapeError(PixelwiseError, ValueError):
     """Predictions and target whose shapes do not fit the segmentation mode (names both shapes)."""
+
+
+class InputTypeError(InputSizeError, TypeError):
+    """An input that is not a float tensor (a NumPy array, or integer pixel values); names the conversion."""

@@ -7,6 +7,7 @@ other than the traced one; the command prints that difference and the path.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("--int8 and --opset apply to --format onnx only.")
     if args.calibration_data and not args.int8:
         raise ConfigError("--calibration-data is used by --int8 quantization; add --int8.")
-    out = Path(args.out)
+    out = check_export_out(args.out, args.format)
+    fp32_out = out.with_name(out.stem + ".fp32" + out.suffix) if args.int8 else out
+    if fp32_out.is_dir():
+        raise ConfigError(f"--int8 keeps the fp32 model at {str(fp32_out)!r}, an existing folder; move it away.")
     options = {"with_preprocessing": args.with_preprocessing, "sample_size": tuple(args.size)}
     if args.format == "torchscript":
         report = export_torchscript(args.model, out, **options)
     else:
-        fp32_out = out.with_name(out.stem + ".fp32" + out.suffix) if args.int8 else out
         report = export_onnx(args.model, fp32_out, opset=args.opset or DEFAULT_OPSET, **options)
     print(report)
     if args.int8:
@@ -69,3 +72,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         source = f"{args.calibration_data}" if images is not None else "random inputs (pass --calibration-data)"
         print(f"int8: {out} (calibrated on {source}; fp32 model kept at {fp32_out})")
     return 0
+
+
+def check_export_out(option: str, fmt: str) -> Path:
+    """The ``--out`` file, checked before exporting: not a folder, its folder created and writable.
+
+    Raises:
+        ConfigError: names --out, the reason and the fix.
+    """
+    out = Path(option).expanduser()
+    example = f"model{'.onnx' if fmt == 'onnx' else '.pt'}"
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {option!r} is an existing folder; give the file to write, e.g. {str(out / example)!r}."
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"--out {option!r}: its folder {str(out.parent)!r} cannot be created ({reason}); "
+            f"choose a file in a writable place, e.g. {example!r}."
+        ) from error
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {option!r}: its folder {str(out.parent)!r} is not writable; choose another place.")
+    return out

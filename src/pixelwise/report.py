@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -131,13 +132,15 @@ def write_report(
         title: page title.
         metrics: ``mean_iou``, ``mean_f1``, ``accuracy``, ``mean_accuracy``, ``fw_iou`` (floats) and
             per-class lists ``iou``, ``f1``, ``precision``, ``recall`` of length K (NaN for a class
-            absent from prediction and ground truth, shown as "—"), optionally ``support`` (pixel counts).
+            absent from prediction and ground truth, shown as "—"), optionally ``support`` (pixel counts)
+            and ``images`` (how many were evaluated; the gallery says "8 of <images> images").
             Missing keys are shown as "—".
         class_names: the K class names.
         palette: ``[K, 3]`` uint8 class colours for the swatches; None leaves the swatch column out.
         curves_png: training curves picture (``viz.plot_curves``), or None.
         confusion_png: confusion matrix picture (``viz.plot_confusion``), or None.
-        gallery: panels, each ``{"name": str, "panel": path to a PNG, "iou": float | None}``.
+        gallery: panels, each ``{"name": str, "panel": path to a PNG, "iou": float | None}``, worst first.
+            Names are data: characters that are not UTF-8 (from file names) are shown as ``\\xff``.
         config: the run's configuration, shown as YAML in a collapsible block.
         notes: free-text lines (command, hardware, time, ...).
         instance_metrics: optional flat ``{name: value}`` table of instance-level metrics.
@@ -174,7 +177,7 @@ def write_report(
             f'<section id="figures">\n<h2>Figures</h2>\n<div class="figures">\n{"".join(figures)}</div>\n</section>'
         )
     if gallery:
-        sections.append(_gallery_section(gallery, out_dir))
+        sections.append(_gallery_section(gallery, out_dir, metrics.get("images")))
     if config:
         sections.append(_config_section(config))
     if notes:
@@ -260,7 +263,8 @@ def _figure(src: str, alt: str, caption: str, extra: str = "") -> str:
     return f'<figure>{extra}<img {src} alt="{_esc(alt)}"><figcaption>{caption}</figcaption></figure>\n'
 
 
-def _gallery_section(gallery: Sequence[Mapping[str, Any]], out_dir: Path) -> str:
+def _gallery_section(gallery: Sequence[Mapping[str, Any]], out_dir: Path, images: int | None = None) -> str:
+    """The gallery of panels, under a line saying how many of the ``images`` evaluated it shows."""
     from pixelwise.viz import CORRECT_COLOR, ERROR_COLOR, IGNORE_COLOR
 
     labels = "".join(f"<span>{c}</span>" for c in PANEL_COLUMNS)
@@ -281,8 +285,10 @@ def _gallery_section(gallery: Sequence[Mapping[str, Any]], out_dir: Path) -> str
         f'<span><span class="key" style="background:{_rgb(CORRECT_COLOR)}"></span>right</span>'
         f'<span><span class="key" style="background:{_rgb(IGNORE_COLOR)}"></span>ignored</span></p>\n'
     )
+    shown = f"{len(gallery)} of {images} images" if isinstance(images, int) else f"{len(gallery)} images"
+    count = f'<p id="gallery-count">{shown}, from the worst to the best mean IoU.</p>\n'
     return (
-        f'<section id="gallery-section">\n<h2>Gallery</h2>\n{legend}'
+        f'<section id="gallery-section">\n<h2>Gallery</h2>\n{count}{legend}'
         f'<div class="gallery" id="gallery">\n{"".join(figures)}</div>\n</section>'
     )
 
@@ -331,7 +337,7 @@ def _place(picture: str | Path, out_dir: Path, copy_to: Path) -> str:
                 shutil.copy2(resolved, tmp)
         resolved = target.resolve()
     relative = resolved.relative_to(root).as_posix()
-    attrs = f'src="{_esc(quote(relative))}"'
+    attrs = f'src="{_esc(quote(os.fsencode(relative)))}"'  # the file name's own bytes, %-encoded
     size = _png_size(resolved)
     if size is not None:
         attrs += f' width="{size[0]}" height="{size[1]}"'
@@ -361,8 +367,24 @@ def _png_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def printable(text: Any) -> str:
+    """``str(text)``, safe to write as UTF-8: the bytes of a file name that are not UTF-8 (which Python
+    gives as lone surrogates, ``os.fsdecode(b"img\\xff") == "img\\udcff"``) are shown as ``\\xff``.
+
+    Example:
+        >>> printable(os.fsdecode(b"img\\xff.png"))
+        'img\\\\xff.png'
+    """
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    """``text`` for HTML: printable (see :func:`printable`), with ``<>&"'`` escaped."""
+    return html.escape(printable(text), quote=True)
 
 
 def _float(value: Any) -> float:

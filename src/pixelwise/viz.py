@@ -106,16 +106,18 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
-    epochs = [int(r["epoch"]) for r in rows]
     for ax, key in zip(axes, ("loss", "miou"), strict=True):
         for stage, style in (("train", "-"), ("val", "-o")):
-            values = [_number(r.get(f"{stage}_{key}_epoch", r.get(f"{stage}_{key}"))) for r in rows]
-            if any(math.isfinite(v) for v in values):
-                ax.plot(epochs, values, style, label=stage, markersize=3)
+            # validation may skip epochs (it is kept to a share of the time): join the epochs it has
+            points = [(int(r["epoch"]), _number(r.get(f"{stage}_{key}_epoch", r.get(f"{stage}_{key}")))) for r in rows]
+            points = [(epoch, value) for epoch, value in points if math.isfinite(value)]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label=stage, markersize=3)
         ax.set_xlabel("epoch")
         ax.set_title({"loss": "loss", "miou": "mean IoU"}[key])
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

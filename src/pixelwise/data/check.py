@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,16 @@ import numpy as np
 from tqdm import tqdm
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.folder import MAX_LISTED, DataError, image_scale, read_image_array, read_mask, scan_folder
+from pixelwise.data.folder import (
+    MAX_LISTED,
+    MIN_INFERRED_CLASSES,
+    DataError,
+    binary_mask_values,
+    image_scale,
+    read_image_array,
+    read_mask,
+    scan_folder,
+)
 from pixelwise.errors import ConfigError
 from pixelwise.modes import IGNORE_INDEX
 
@@ -61,6 +70,7 @@ class DataReport:
             intensity edges (median over the pairs, see :func:`edge_offset`; NaN where unmeasured).
             Labels drawn half a pixel off show here; ``TrainConfig.mask_offset`` compensates.
         offset_pairs: pairs in which the offset could be measured.
+        mask_values: stored mask values read as other class ids (``{255: 1}`` for 0/255 binary masks).
     """
 
     root: Path
@@ -78,6 +88,7 @@ class DataReport:
     ignore_index: int = IGNORE_INDEX
     mask_offset: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
     offset_pairs: int = 0
+    mask_values: dict[int, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +116,11 @@ class DataReport:
             f"data folder {self.root}: {self.num_pairs} pairs, {self.in_channels} channels, "
             f"{self.num_classes} classes (ignore_index {self.ignore_index})"
         ]
+        for stored, class_id in self.mask_values.items():
+            lines.append(
+                f"binary masks stored as 0/{stored}: value {stored} is read as class {class_id} (the foreground); "
+                f"if {stored} marks pixels to ignore instead, pass --ignore-index {stored}"
+            )
         if self.problems:
             lines.append(f"{len(self.problems)} problems:")
             shown = self.problems if max_problems is None else self.problems[:max_problems]
@@ -159,8 +175,8 @@ class _PairResult:
     mask_path: str
     problems: list[tuple[str, str]] = field(default_factory=list)
     moments: np.ndarray | None = None  # [3, C]: pixels, sum, sum of squares per channel (scaled to [0, 1])
-    ids: np.ndarray | None = None  # pixels per class id, void excluded
-    void: int = 0
+    values: np.ndarray | None = None  # the values stored in the mask (before mask_values), sorted
+    counts: np.ndarray | None = None  # pixels of each of those values
     pixels: int = 0
     offset: np.ndarray | None = None  # [dy, dx], see edge_offset
 
@@ -209,7 +225,13 @@ def _channel_moments(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def _inspect_pair(pair: tuple[Path, Path], classes: ClassInfo | None, ignore_index: int) -> _PairResult:
+def _inspect_pair(
+    pair: tuple[Path, Path],
+    classes: ClassInfo | None,
+    ignore_index: int,
+    values: dict[int, int] | None,
+    explicit_ignore: int | None,
+) -> _PairResult:
     image_path, mask_path = pair
     result = _PairResult(str(mask_path))
     image = mask = None
@@ -233,11 +255,12 @@ def _inspect_pair(pair: tuple[Path, Path], classes: ClassInfo | None, ignore_ind
             )
         )
         return result
-    ids = np.bincount(mask.ravel())
-    if ignore_index < ids.size:
-        result.void = int(ids[ignore_index])
-        ids[ignore_index] = 0  # void is counted separately
-    result.ids, result.pixels = np.trim_zeros(ids, "b"), mask.size
+    result.values, result.counts = np.unique(mask, return_counts=True)
+    result.pixels = mask.size
+    if values is None:  # not known before every mask is read: this mask's own binary map moves its edges alike
+        values = binary_mask_values(result.values, explicit_ignore, classes)
+    for stored, class_id in values.items():
+        mask[mask == stored] = class_id
     result.offset = edge_offset(image, mask, ignore_index)
     return result
 
@@ -268,23 +291,29 @@ def check_dataset(
     split: str | None = None,
     num_classes: int | None = None,
     classes: ClassInfo | None = None,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int | None = None,
     progress: bool | None = None,
     files: str | Sequence[str] | None = None,
+    mask_values: Mapping[int, int] | None = None,
 ) -> DataReport:
     """Read every pair once and report what is wrong, per file, with class and channel statistics.
 
     Checks: missing partner (image without mask or the reverse), duplicate names, unreadable
-    files, size mismatch between image and mask, class ids outside ``0..K-1`` (``K`` from
-    ``num_classes``, ``classes`` or the folder's class file; inferred as largest id + 1 when none
-    is given), and images whose channel count differs from the majority.
+    files (JPEG data in a mask included), size mismatch between image and mask, class ids outside
+    ``0..K-1`` (``K`` from ``num_classes``, ``classes`` or the folder's class file; inferred as
+    largest id + 1 when none is given), images whose channel count differs from the majority, and
+    masks with no labelled pixel at all.
 
     Args:
         root, split: the folder, as for :class:`~pixelwise.data.SegmentationFolder`.
         num_classes: number of classes ``K``, if known.
         classes: class list (its colours decode RGB masks); default: the folder's class file.
-        ignore_index: mask value of void pixels.
+        ignore_index: mask value of void pixels (None: 255, which binary masks may take for their
+            foreground, see ``mask_values``).
         progress: show a progress bar on stderr; default: for folders of ``PROGRESS_MIN_PAIRS`` pairs or more.
+        mask_values: stored values replaced by class ids (e.g. ``{255: 1}``); None: found by
+            :func:`~pixelwise.data.folder.binary_mask_values` (0/255 and 0/65535 binary masks read
+            their foreground as class 1); ``{}``: values are class ids as stored.
 
     Returns:
         A :class:`DataReport`; ``report.ok`` is False when problems were found.
@@ -298,7 +327,8 @@ def check_dataset(
         >>> print(report.format()); report.raise_if_bad()  # doctest: +SKIP
     """
     layout = scan_folder(root, split, files)
-    report = DataReport(root=layout.base, ignore_index=ignore_index)
+    ignore = IGNORE_INDEX if ignore_index is None else ignore_index
+    report = DataReport(root=layout.base, ignore_index=ignore)
     report.problems += [(str(p), why) for p, why in layout.duplicates]
     report.problems += [(str(p), "image has no mask (same file stem) in masks/") for p in layout.images_without_mask]
     report.problems += [(str(p), "mask has no image (same file stem) in images/") for p in layout.masks_without_image]
@@ -308,76 +338,99 @@ def check_dataset(
         raise ConfigError(
             f"num_classes={num_classes} but the class list has {classes.num_classes} classes; make them agree."
         )
-    known_k = classes.num_classes if classes is not None else num_classes
-
     pairs = layout.pairs
     report.num_pairs = len(pairs)
-    counts = np.zeros(0, np.int64)  # pixels per class id seen, grown as larger ids appear
-    present_pixels = np.zeros(0, np.int64)  # pixels of the images in which each id occurs
-    channels: dict[str, int] = {}
-    moments: dict[int, np.ndarray] = {}  # channel count -> [3, C]: pixels, sum, sum of squares
-    offsets: list[np.ndarray] = []
+    values = None if mask_values is None else {int(k): int(v) for k, v in mask_values.items()}
+    inspect = functools.partial(
+        _inspect_pair, classes=classes, ignore_index=ignore, values=values, explicit_ignore=ignore_index
+    )
     show = progress if progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS
-    inspect = functools.partial(_inspect_pair, classes=classes, ignore_index=ignore_index)
     # decoding releases the GIL, so a few threads read files in parallel; results come back in order
     with ThreadPoolExecutor(max_workers=min(MAX_READERS, os.cpu_count() or 1)) as pool:
-        results = pool.map(inspect, pairs)
-        for (image_path, _), result in tqdm(
-            zip(pairs, results, strict=True),
-            total=len(pairs),
-            desc="checking",
-            unit="pair",
-            file=sys.stderr,
-            disable=not show,
-        ):
-            report.problems += result.problems
-            if result.moments is not None:
-                channels[str(image_path)] = c = result.moments.shape[1]
-                moments[c] = moments.get(c, 0) + result.moments
-            if result.ids is None:
-                continue
-            if result.offset is not None and np.isfinite(result.offset).any():
-                offsets.append(result.offset)
-            ids = result.ids
-            report.void_pixels += result.void
-            if known_k is not None and ids[known_k:].any():
-                bad = (np.flatnonzero(ids[known_k:]) + known_k).tolist()
-                report.problems.append(
-                    (
-                        result.mask_path,
-                        f"class ids {bad[:MAX_LISTED]} out of range 0..{known_k - 1} "
-                        f"({int(ids[known_k:].sum())} pixels); set the number of classes to cover "
-                        f"them or map them to ignore_index {ignore_index}",
-                    )
-                )
-                ids = ids[:known_k]  # the out-of-range pixels are reported, not counted
-            if ids.size > counts.size:
-                counts = np.pad(counts, (0, ids.size - counts.size))
-                present_pixels = np.pad(present_pixels, (0, ids.size - present_pixels.size))
-            counts[: ids.size] += ids
-            present_pixels[: ids.size] += np.where(ids > 0, result.pixels, 0)
-
-    if channels:
-        majority, _ = Counter(channels.values()).most_common(1)[0]
-        report.in_channels = majority
-        for file, c in channels.items():
-            if c != majority:
-                report.problems.append((file, f"unexpected channel count: {c} channels, most images have {majority}"))
-        n, total, squares = moments[majority]
-        report.mean = total / n
-        report.std = np.sqrt(np.maximum(squares / n - report.mean**2, 0.0))
-    k = known_k if known_k is not None else max(counts.size, 2)
-    report.num_classes = k
-    report.class_names = classes.names if classes is not None else [f"class_{i}" for i in range(k)]
-    report.class_pixels = np.pad(counts, (0, k - counts.size))[:k]
-    present_pixels = np.pad(present_pixels, (0, k - present_pixels.size))[:k]
-    labelled = report.class_pixels.sum()
-    report.frequencies = report.class_pixels / labelled if labelled else np.zeros(k)
-    report.median_frequency_weights = median_frequency_weights(report.class_pixels, present_pixels)
+        mapped = pool.map(inspect, pairs)
+        results = list(tqdm(mapped, total=len(pairs), desc="checking", unit="pair", file=sys.stderr, disable=not show))
+    if values is None:
+        stored = set().union(*(r.values.tolist() for r in results if r.values is not None))
+        values = binary_mask_values(stored, ignore_index, classes)
+    report.mask_values = values
+    known_k = classes.num_classes if classes is not None else num_classes
+    _count_classes(report, results, [image for image, _ in pairs], known_k)
+    _channel_statistics(report, results, [image for image, _ in pairs])
+    report.class_names = classes.names if classes is not None else [f"class_{i}" for i in range(report.num_classes)]
+    offsets = [r.offset for r in results if r.offset is not None and np.isfinite(r.offset).any()]
     if offsets:
         with warnings.catch_warnings():  # an axis never measured stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             report.mask_offset = np.nanmedian(np.stack(offsets), axis=0)
         report.offset_pairs = len(offsets)
+    if report.num_pairs and not report.class_pixels.sum() and report.void_pixels:
+        report.problems.append((str(layout.base / "masks"), _all_ignored_problem(report, results)))
     report.problems.sort(key=lambda item: item[0])
     return report
+
+
+def _count_classes(report: DataReport, results: list[_PairResult], images: list[Path], known_k: int | None) -> None:
+    """Fill the class pixel counts, void pixels, frequencies and weights, and report out-of-range ids."""
+    ignore, values = report.ignore_index, report.mask_values
+    counts = np.zeros(0, np.int64)  # pixels per class id, void excluded, grown as larger ids appear
+    present_pixels = np.zeros(0, np.int64)  # pixels of the images in which each id occurs
+    for result in results:
+        report.problems += result.problems
+        if result.values is None:
+            continue
+        ids_of = np.array([values.get(int(v), int(v)) for v in result.values], dtype=np.int64)
+        void = ids_of == ignore
+        report.void_pixels += int(result.counts[void].sum())
+        ids = np.bincount(ids_of[~void], weights=result.counts[~void], minlength=0).astype(np.int64)
+        if known_k is not None and ids[known_k:].any():
+            bad = (np.flatnonzero(ids[known_k:]) + known_k).tolist()
+            report.problems.append(
+                (
+                    result.mask_path,
+                    f"class ids {bad[:MAX_LISTED]} out of range 0..{known_k - 1} "
+                    f"({int(ids[known_k:].sum())} pixels); set the number of classes to cover "
+                    f"them or map them to ignore_index {ignore}",
+                )
+            )
+            ids = ids[:known_k]  # the out-of-range pixels are reported, not counted
+        if ids.size > counts.size:
+            counts = np.pad(counts, (0, ids.size - counts.size))
+            present_pixels = np.pad(present_pixels, (0, ids.size - present_pixels.size))
+        counts[: ids.size] += ids
+        present_pixels[: ids.size] += np.where(ids > 0, result.pixels, 0)
+    k = known_k if known_k is not None else max(counts.size, MIN_INFERRED_CLASSES)
+    report.num_classes = k
+    report.class_pixels = np.pad(counts, (0, max(k - counts.size, 0)))[:k]
+    present_pixels = np.pad(present_pixels, (0, max(k - present_pixels.size, 0)))[:k]
+    labelled = report.class_pixels.sum()
+    report.frequencies = report.class_pixels / labelled if labelled else np.zeros(k)
+    report.median_frequency_weights = median_frequency_weights(report.class_pixels, present_pixels)
+
+
+def _channel_statistics(report: DataReport, results: list[_PairResult], images: list[Path]) -> None:
+    """Fill the majority channel count and its mean and std; report images with another channel count."""
+    channels: dict[str, int] = {}
+    moments: dict[int, np.ndarray] = {}  # channel count -> [3, C]: pixels, sum, sum of squares
+    for image_path, result in zip(images, results, strict=True):
+        if result.moments is not None:
+            channels[str(image_path)] = c = result.moments.shape[1]
+            moments[c] = moments.get(c, 0) + result.moments
+    if not channels:
+        return
+    majority, _ = Counter(channels.values()).most_common(1)[0]
+    report.in_channels = majority
+    for file, c in channels.items():
+        if c != majority:
+            report.problems.append((file, f"unexpected channel count: {c} channels, most images have {majority}"))
+    n, total, squares = moments[majority]
+    report.mean = total / n
+    report.std = np.sqrt(np.maximum(squares / n - report.mean**2, 0.0))
+
+
+def _all_ignored_problem(report: DataReport, results: list[_PairResult]) -> str:
+    stored = sorted(set().union(*(r.values.tolist() for r in results if r.values is not None)))
+    return (
+        f"every mask pixel equals ignore_index {report.ignore_index} (values found: {stored[:MAX_LISTED]}): "
+        "there is nothing to train or score on. If that value marks the objects, pass a different "
+        "--ignore-index, or store the masks as class ids 0..K-1"
+    )

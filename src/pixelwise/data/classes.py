@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from pixelwise.errors import ConfigError
-from pixelwise.io import atomic_path
+from pixelwise.io import atomic_path, read_text
 from pixelwise.modes import IGNORE_INDEX
 
 CLASS_FILE_NAMES = ("classes.yaml", "classes.yml", "classes.json")
@@ -55,6 +55,12 @@ def default_palette(n: int = PALETTE_ENTRIES) -> list[RGB]:
             value >>= 3
         colors.append((r, g, b))
     return colors
+
+
+def _whole_number(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} is {value!r}; class ids are whole numbers written as digits, e.g. `id: 1`.")
+    return value
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -142,10 +148,10 @@ class ClassInfo:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"class file {str(path)!r} does not exist; check the path.")
+        text = read_text(path, "class file")
         try:
-            text = path.read_text(encoding="utf-8")
             raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        except (ValueError, yaml.YAMLError) as error:
             raise ConfigError(f"cannot read class file {str(path)!r}: {error}") from error
         try:
             return cls._from_mapping(raw)
@@ -159,14 +165,14 @@ class ClassInfo:
             raw = {"classes": raw}
         if not isinstance(raw, dict) or not isinstance(raw.get("classes"), list) or not raw["classes"]:
             raise ConfigError(f"no non-empty `classes` list; {fix}")
-        ignore_index = int(raw.get("ignore_index", IGNORE_INDEX))
+        ignore_index = _whole_number(raw.get("ignore_index", IGNORE_INDEX), "ignore_index")
         names, ids, colors, ignore_color = [], [], [], None
         for position, entry in enumerate(raw["classes"]):
             if isinstance(entry, str):
                 entry = {"name": entry, "id": position}
             if not isinstance(entry, dict) or "name" not in entry:
                 raise ConfigError(f"entry {position} ({entry!r}) has no name; {fix}")
-            class_id = int(entry.get("id", position))
+            class_id = _whole_number(entry.get("id", position), f"the id of class {entry['name']!r}")
             if class_id == ignore_index:  # a void entry: its colour marks ignored pixels in RGB masks
                 ignore_color = entry.get("color")
                 continue

@@ -26,8 +26,11 @@ RGB mask with R = G = B everywhere and no class colours is read as an index mask
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
-from collections.abc import Iterable, Sequence
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +47,32 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_CHW_CHANNELS = 16
+MAX_TIFF_PAGES = 4096
+"""Most pages a TIFF image may have (one per channel, or one per row in tifffile's ``[H, W, C]`` stacks)."""
 """A 3-D TIFF whose first dimension is at most this (and last is larger) is read as ``[C, H, W]``."""
 UINT8_MAX = 255.0
 UINT16_MAX = 65535.0
 MIN_INFERRED_CLASSES = 2
 """Fewest classes inferred from masks: a segmentation has at least background and one class."""
 MAX_LISTED = 5
+IMAGE_READ_ERRORS = (
+    OSError,
+    ValueError,
+    MemoryError,
+    EOFError,
+    SyntaxError,  # Pillow's "broken PNG file"
+    LookupError,
+    ArithmeticError,
+    TypeError,  # tifffile, on tags of the wrong type
+    NotImplementedError,  # tifffile: an unsupported compression
+    struct.error,
+    zlib.error,
+    UnidentifiedImageError,
+    tifffile.TiffFileError,
+    Image.DecompressionBombError,
+)
+"""What decoding a damaged image file raises (Pillow, tifffile, zlib, NumPy), found by feeding them corrupted
+files (tests/test_fuzz_inputs.py); :func:`read_error` turns each into a DataError naming the file."""
 
 
 class DataError(PixelwiseError):
@@ -74,8 +97,16 @@ def _read_raw(path: Path, mask: bool) -> tuple[np.ndarray, str]:
     colours when read as an image.
     """
     if path.suffix.lower() in TIFF_SUFFIXES:
-        return np.asarray(tifffile.imread(path)), "tiff"
+        with tifffile.TiffFile(path) as tif:
+            check_tiff_pages(tif)
+            _refuse_huge(tif.series[0].shape)
+            return np.asarray(tif.asarray()), "tiff"
     image = _open_pil(path)
+    if mask and image.format == "JPEG":
+        raise ValueError(
+            "it holds JPEG-compressed data (lossy: the class ids are smeared at every edge); "
+            "export the masks losslessly, as PNG or TIFF"
+        )
     if image.mode in ("P", "PA") and mask:
         return np.asarray(image.convert("P") if image.mode == "PA" else image), "P"
     if image.mode in ("1", "LA", "La"):
@@ -85,11 +116,47 @@ def _read_raw(path: Path, mask: bool) -> tuple[np.ndarray, str]:
     return np.asarray(image), image.mode
 
 
-def _read_error(path: Path, what: str, error: Exception) -> DataError:
+def check_tiff_pages(tif: tifffile.TiffFile) -> None:
+    """Refuse a TIFF of more than ``MAX_TIFF_PAGES`` pages before its pages are gathered into a series:
+    a damaged page chain (a loop, say) can make gathering them take minutes.
+
+    Raises:
+        ValueError: too many pages (the readers turn it into a DataError naming the file).
+    """
+    try:
+        tif.pages[MAX_TIFF_PAGES]
+    except IndexError:
+        return
+    raise ValueError(
+        f"it holds more than {MAX_TIFF_PAGES} pages (a stack, or a damaged page chain); "
+        "save one 2-D image (with its channels) per file"
+    )
+
+
+def _refuse_huge(shape: tuple[int, ...]) -> None:
+    """Apply Pillow's decompression-bomb limit to a TIFF's declared size before decoding it (a damaged
+    header can declare billions of pixels; decoding them would take minutes and gigabytes)."""
+    channels = shape[0] if len(shape) == 3 and shape[0] <= MAX_CHW_CHANNELS < shape[-1] else 1
+    channels = shape[-1] if len(shape) == 3 and channels == 1 else channels
+    pixels = math.prod(shape) // max(channels, 1)
+    if pixels > 2 * (Image.MAX_IMAGE_PIXELS or pixels):
+        raise Image.DecompressionBombError(f"{pixels} pixels declared")
+
+
+def read_error(path: Path, what: str, error: BaseException) -> DataError:
+    """The DataError for an image file that could not be decoded (``what``: "image", "mask", ...):
+    names the file, the reason and the fix."""
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, Image.DecompressionBombError):
+        reason = (
+            f"its header declares more pixels than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS * 2} "
+            "(a decompression bomb, or an image too large to read whole; save huge images as tiled TIFFs)"
+        )
+    elif isinstance(error, MemoryError):
+        reason = "its declared size does not fit in memory"
     return DataError(
         f"cannot read {what} {str(path)!r}: {reason}. The file is corrupt, truncated or not an image; "
-        "re-export it or remove it together with its partner (run `pixelwise check-data` to list every such file)."
+        "re-export it or remove it (in a data folder, with its partner: `pixelwise check-data` lists every such file)."
     )
 
 
@@ -102,8 +169,8 @@ def read_image_array(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         array, mode = _read_raw(path, mask=False)
-    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as error:
-        raise _read_error(path, "image", error) from error
+    except IMAGE_READ_ERRORS as error:
+        raise read_error(path, "image", error) from error
     if array.ndim == 2:
         return array[None]
     if array.ndim == 3:
@@ -150,7 +217,10 @@ def scale_image(array: np.ndarray) -> np.ndarray:
 
 
 def read_mask(
-    path: str | os.PathLike, classes: ClassInfo | None = None, ignore_index: int = IGNORE_INDEX
+    path: str | os.PathLike,
+    classes: ClassInfo | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    values: Mapping[int, int] | None = None,
 ) -> np.ndarray:
     """Read a mask file as class ids ``int64 [H, W]`` (index, palette or RGB colour-coded; see module docstring).
 
@@ -158,6 +228,8 @@ def read_mask(
         path: mask file.
         classes: class list whose colours decode RGB masks; not needed for index and palette masks.
         ignore_index: value given to void pixels of RGB masks (the class file's void colour).
+        values: stored values replaced by class ids, e.g. ``{255: 1}`` for a binary mask stored as
+            0/255 (see :func:`binary_mask_values`).
 
     Raises:
         DataError: unreadable file, negative or fractional values, an RGB mask without class colours,
@@ -166,8 +238,8 @@ def read_mask(
     path = Path(path)
     try:
         array, _ = _read_raw(path, mask=True)
-    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as error:
-        raise _read_error(path, "mask", error) from error
+    except IMAGE_READ_ERRORS as error:
+        raise read_error(path, "mask", error) from error
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 3 and array.shape[-1] in (3, 4):
@@ -182,7 +254,44 @@ def read_mask(
     mask = array.astype(np.int64)
     if mask.size and mask.min() < 0:
         raise DataError(f"mask {str(path)!r} holds negative values ({int(mask.min())}); class ids start at 0.")
+    for stored, class_id in (values or {}).items():
+        mask[array == stored] = class_id
     return mask
+
+
+def binary_mask_values(
+    stored: Iterable[int], ignore_index: int | None = None, classes: ClassInfo | None = None
+) -> dict[int, int]:
+    """``{v: 1}`` when masks hold exactly the values 0 and one other value ``v`` > 1, else ``{}``.
+
+    Binary masks are most often exported as 0/255 (8 bit) or 0/65535 (16 bit). Read as they are,
+    255 would be the ignore value and 65535 would imply 65,536 classes; read with this map, ``v``
+    is the foreground class 1.
+
+    Args:
+        stored: every value found in the masks.
+        ignore_index: an ignore value the user chose explicitly; it is never taken for the
+            foreground (None: not chosen, so the default 255 may be).
+        classes: the data set's class file, if any; a class file of more than two classes, or one
+            that names ``v`` as a class, turns the rule off.
+    """
+    present = set(int(v) for v in stored)
+    if 0 not in present or len(present) != 2:
+        return {}
+    (value,) = present - {0}
+    if value <= 1 or value == ignore_index:
+        return {}
+    if classes is not None and (classes.num_classes != MIN_INFERRED_CLASSES or value in classes.ids):
+        return {}
+    return {value: 1}
+
+
+def mask_value_set(mask_paths: Iterable[Path], classes: ClassInfo | None, ignore_index: int = IGNORE_INDEX) -> set[int]:
+    """Every value stored in the masks (RGB masks decoded through ``classes``)."""
+    found: set[int] = set()
+    for path in mask_paths:
+        found.update(np.unique(read_mask(path, classes, ignore_index)).tolist())
+    return found
 
 
 def _decode_rgb_mask(path: Path, rgb: np.ndarray, classes: ClassInfo | None, ignore_index: int) -> np.ndarray:
@@ -216,8 +325,8 @@ def read_instances(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         array, _ = _read_raw(path, mask=True)
-    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as error:
-        raise _read_error(path, "instance file", error) from error
+    except IMAGE_READ_ERRORS as error:
+        raise read_error(path, "instance file", error) from error
     if array.ndim != 2 or array.dtype.kind not in "iub":
         raise DataError(
             f"instance file {str(path)!r} has shape {list(array.shape)} and type {array.dtype}; "
@@ -330,16 +439,11 @@ def scan_folder(
     return FolderLayout(root, base, images, masks, instances, duplicates)
 
 
-def infer_num_classes(mask_paths: list[Path], classes: ClassInfo | None, ignore_index: int = IGNORE_INDEX) -> int:
-    """Number of classes implied by the masks: largest class id (other than ``ignore_index``) + 1, at least 2."""
-    largest = 0
-    for path in mask_paths:
-        mask = read_mask(path, classes, ignore_index)
-        ids = np.unique(mask)
-        ids = ids[ids != ignore_index]
-        if ids.size:
-            largest = max(largest, int(ids[-1]))
-    return max(largest + 1, MIN_INFERRED_CLASSES)
+def infer_num_classes(stored: Iterable[int], values: Mapping[int, int], ignore_index: int = IGNORE_INDEX) -> int:
+    """Number of classes implied by the values found in the masks (see :func:`mask_value_set`), after
+    the ``values`` map: largest class id (other than ``ignore_index``) + 1, at least 2."""
+    ids = {values.get(v, v) for v in stored} - {ignore_index}
+    return max(max(ids, default=0) + 1, MIN_INFERRED_CLASSES)
 
 
 class SegmentationFolder(torch.utils.data.Dataset):
@@ -354,7 +458,11 @@ class SegmentationFolder(torch.utils.data.Dataset):
         classes: class list; default: the ``classes.yaml``/``.json`` of the folder or its parent, else
             ``ClassInfo.default(num_classes)``, else ``num_classes`` is inferred from the masks.
         num_classes: number of classes ``K``; checked against ``classes`` when both are known.
-        ignore_index: mask value of void pixels (default 255).
+        ignore_index: mask value of void pixels (None: 255, which a binary mask set may take for its
+            foreground, see ``mask_values``).
+        mask_values: stored mask values replaced by class ids, e.g. ``{255: 1}``; None: found from the
+            masks on first use (:func:`binary_mask_values`: masks holding only 0 and one other value
+            read that value as class 1); ``{}``: values are class ids as stored.
         instances: also load ``instances/NAME.*`` (int32 instance ids) when that folder exists.
         files: use only these files: a glob over file stems (``"[01]?"``) or a list of stems/globs.
 
@@ -381,12 +489,17 @@ class SegmentationFolder(torch.utils.data.Dataset):
         transform=None,
         classes: ClassInfo | None = None,
         num_classes: int | None = None,
-        ignore_index: int = IGNORE_INDEX,
+        ignore_index: int | None = None,
         instances: bool = False,
         files: str | Sequence[str] | None = None,
+        mask_values: Mapping[int, int] | None = None,
     ) -> None:
         self.layout = scan_folder(root, split, files)
-        self.root, self.split, self.transform, self.ignore_index = self.layout.root, split, transform, ignore_index
+        self.root, self.split, self.transform = self.layout.root, split, transform
+        self.ignore_index = IGNORE_INDEX if ignore_index is None else ignore_index
+        self._explicit_ignore = ignore_index
+        self._mask_values = None if mask_values is None else {int(k): int(v) for k, v in mask_values.items()}
+        self._stored_values: set[int] | None = None
         self._raise_on_pairing_problems()
         self.pairs: list[tuple[Path, Path]] = self.layout.pairs
         if classes is None:
@@ -397,7 +510,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
                 f"({', '.join(classes.names)}); make them agree or leave num_classes out."
             )
         if classes is None and num_classes is not None:
-            classes = ClassInfo.default(num_classes, ignore_index)
+            classes = ClassInfo.default(num_classes, self.ignore_index)
         self._classes = classes
         self.instance_paths: list[Path] | None = None
         if instances and self.layout.instances is not None:
@@ -428,12 +541,25 @@ class SegmentationFolder(torch.utils.data.Dataset):
                 "the strays (`pixelwise check-data` lists every problem)."
             )
 
+    def _stored(self) -> set[int]:
+        """Every value stored in the masks (one pass over them, on first use)."""
+        if self._stored_values is None:
+            self._stored_values = mask_value_set((m for _, m in self.pairs), self._classes, self.ignore_index)
+        return self._stored_values
+
+    @property
+    def mask_values(self) -> dict[int, int]:
+        """Stored mask values replaced by class ids when reading (found from the masks when not given)."""
+        if self._mask_values is None:
+            self._mask_values = binary_mask_values(self._stored(), self._explicit_ignore, self._classes)
+        return self._mask_values
+
     @property
     def classes(self) -> ClassInfo:
         """The class list (inferred from the masks on first use when neither classes nor num_classes was given)."""
         if self._classes is None:
-            masks = [m for _, m in self.pairs]
-            self._classes = ClassInfo.default(infer_num_classes(masks, None, self.ignore_index), self.ignore_index)
+            k = infer_num_classes(self._stored(), self.mask_values, self.ignore_index)
+            self._classes = ClassInfo.default(k, self.ignore_index)
         return self._classes
 
     @property
@@ -447,7 +573,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
-        mask = read_mask(mask_path, self._classes, self.ignore_index)
+        mask = read_mask(mask_path, self._classes, self.ignore_index, self.mask_values)
         if image.shape[1:] != mask.shape:
             raise DataError(
                 f"image {str(image_path)!r} is {image.shape[2]}x{image.shape[1]} (WxH) but its mask {str(mask_path)!r} "

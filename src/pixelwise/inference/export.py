@@ -104,6 +104,18 @@ def _graph(module: nn.Module, info: dict[str, Any], raw: bool) -> nn.Module:
     return RawImageModel(exportable_copy(module), mean, std, info["scale"], info["mask_offset"]).eval()
 
 
+def _check_output_path(path: str | os.PathLike, example: str) -> None:
+    """Refuse, before exporting, an output ``path`` that is an existing folder.
+
+    Raises:
+        ConfigError: names the path and a file name to use instead.
+    """
+    if Path(path).is_dir():
+        raise ConfigError(
+            f"path {str(path)!r} is an existing folder; give the file to write, e.g. {str(Path(path) / example)!r}."
+        )
+
+
 def export_onnx(
     model: Any,
     path: str | os.PathLike,
@@ -145,7 +157,7 @@ def export_onnx(
         An :class:`ExportReport` (path, max abs difference, metadata, timing).
 
     Raises:
-        ConfigError: a missing model path, or onnx / onnxruntime not installed.
+        ConfigError: a missing model path, ``path`` an existing folder, or onnx / onnxruntime not installed.
         ExportError: the export does not reproduce PyTorch within ``tolerance``.
 
     Example:
@@ -155,6 +167,7 @@ def export_onnx(
     """
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter={exporter!r}: choose one of {', '.join(map(repr, EXPORTERS))}.")
+    _check_output_path(path, "model.onnx")
     onnx = check.import_optional("onnx")
     if verify:
         check.import_optional("onnxruntime")
@@ -236,6 +249,7 @@ def export_torchscript(
     PyTorch 2.14 marks ``torch.jit`` as deprecated (FutureWarning) in favour of ``torch.export``;
     archives still load in C++ (libtorch) and Python, but prefer ONNX for new deployments.
     """
+    _check_output_path(path, "model.pt")
     start = time.perf_counter()
     module, info = check.resolve(model, in_channels, mean, std)
     sample, verify_size = check.sizes(module, sample_size)

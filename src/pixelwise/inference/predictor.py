@@ -115,18 +115,20 @@ class Predictor:
         fold_bn: bool = True,
         channels_last: bool = True,
     ) -> None:
-        _check_choice("blend", blend, BLEND_MODES)
-        _check_choice("padding_mode", padding_mode, PADDING_MODES)
-        _check_choice("backend", backend, backends.BACKENDS)
-        _check_choice("precision", precision, PRECISIONS)
+        for option, value, choices in (
+            ("blend", blend, BLEND_MODES),
+            ("padding_mode", padding_mode, PADDING_MODES),
+            ("backend", backend, backends.BACKENDS),
+            ("precision", precision, PRECISIONS),
+        ):
+            check_choice(option, value, choices)
         if tta is not None:
             tta_transforms(tta)
-        if tile_size is not None and (isinstance(tile_size, bool) or int(tile_size) != tile_size or tile_size < 1):
-            raise ConfigError(f"tile_size={tile_size!r}; give a positive int, or None for whole images.")
-        if not 0 <= overlap < 1:
-            raise ConfigError(f"overlap={overlap!r}; give a fraction of the tile, 0 ≤ overlap < 1 (e.g. 0.25).")
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size!r}; give an int ≥ 1.")
+        if tile_size is not None:
+            check_int("tile_size", tile_size, 1, ", or None for whole images")
+        check_fraction("overlap", overlap)
+        check_int("batch_size", batch_size, 1)
+        requested_device = check_device(device)
         self.tile_size, self.overlap, self.tta, self.margin = tile_size, float(overlap), tta, int(margin)
         self._temp = tempfile.TemporaryDirectory(prefix="pixelwise-onnx-") if backend == "onnxruntime" else None
         loaded = backends.resolve(model, backend, precision)
@@ -143,7 +145,7 @@ class Predictor:
         self.tile_multiple = multiple if fit_tiles and self.geometry is None else 0
         mean = loaded.mean if mean is None else mean
         std = loaded.std if std is None else std
-        self.device = torch.device(device) if device is not None else backends.default_device(loaded, backend)
+        self.device = backends.default_device(loaded, backend) if requested_device is None else requested_device
         self.channels_last = bool(channels_last) and backend == "torch"
         self._autocast = backends.autocast(precision, backend, self.device)
         if mean is not None and self.in_channels is None:
@@ -218,6 +220,7 @@ class Predictor:
 
         Raises:
             InputSizeError: wrong number of dimensions or channels, or an empty image.
+            ConfigError: the image holds NaN or infinite values (names how many pixels).
         """
         source = self.as_source(image)
         out = None
@@ -239,7 +242,15 @@ class Predictor:
         return out
 
     def as_source(self, image: Any) -> RowSource:
-        """``image`` as a ``[C, H, W]`` :class:`RowSource`, its channel count checked against the model."""
+        """``image`` as a ``[C, H, W]`` :class:`RowSource`, its channel count checked against the model.
+
+        Arrays and tensors are also checked for NaN and ±inf (one ``np.isfinite`` pass, floats only);
+        a :class:`RowSource` given as it is is read band by band and left to its reader to check.
+
+        Raises:
+            InputSizeError: not an image, or the wrong number of channels.
+            ConfigError: an array or tensor holding NaN or infinite values.
+        """
         if hasattr(image, "read") and hasattr(image, "shape") and len(image.shape) == 3:
             source = image
         elif isinstance(image, torch.Tensor):
@@ -262,6 +273,10 @@ class Predictor:
                 f"{self.in_channels}; convert the image (gray ↔ RGB) or use a model trained on such images. "
                 "NumPy images are [H, W, C], tensors [C, H, W]."
             )
+        if isinstance(source, ArraySource) and source is not image:
+            count = nonfinite_pixels(source.array)
+            if count:
+                raise ConfigError(nonfinite_message("the image", count))
         return source
 
 
@@ -269,6 +284,92 @@ def _channel_vector(values: Any, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.float32).reshape(1, -1, 1, 1).to(device)
 
 
-def _check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+def _shown(option: str, value: Any) -> str:
+    """``--tile -1`` for command-line options, ``tile_size=-1`` for Python arguments."""
+    return f"{option} {value!r}" if option.startswith("--") else f"{option}={value!r}"
+
+
+def check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise unless ``value`` is one of ``choices``.
+
+    Raises:
+        ConfigError: names ``option`` and the closest choices ("did you mean ...").
+    """
     if value not in choices:
         raise unknown_name(f"{option} option", str(value), choices)
+
+
+def check_int(option: str, value: Any, minimum: int, hint: str = "") -> None:
+    """Raise unless ``value`` is a whole number (not a bool) ``≥ minimum``; ``hint`` ends the message.
+
+    Raises:
+        ConfigError: names ``option``, the value and the valid range.
+    """
+    try:
+        whole = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or value < minimum:
+        raise ConfigError(f"{_shown(option, value)} is out of range; give an int ≥ {minimum}{hint}.")
+
+
+def check_fraction(option: str, value: Any) -> None:
+    """Raise unless ``0 ≤ value < 1`` (NaN refused).
+
+    Raises:
+        ConfigError: names ``option``, the value and the valid range.
+    """
+    try:
+        valid = 0 <= float(value) < 1
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"{_shown(option, value)} is out of range; give a fraction of the tile in [0, 1), e.g. 0.25.")
+
+
+def check_device(device: str | torch.device | None, option: str = "device") -> torch.device | None:
+    """``device`` as a :class:`torch.device` (None stays None), checked to exist on this machine.
+
+    Raises:
+        ConfigError: not a device string, or a CUDA / MPS device that is not available here.
+    """
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(
+            f"{_shown(option, device)} is not a torch device; give cpu, cuda, cuda:N (N: GPU index) or mps."
+        ) from error
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(resolved.type)
+    if available is not None and not available():
+        check = "torch.cuda.is_available()" if resolved.type == "cuda" else "torch.backends.mps.is_available()"
+        raise ConfigError(
+            f"{_shown(option, device)}, but no {resolved.type.upper()} GPU is visible ({check} is False); "
+            f"pass {_shown(option, 'cpu')}, or leave {option} out to use a GPU only when there is one."
+        )
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{_shown(option, device)}, but only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+            f"give an index below {torch.cuda.device_count()}."
+        )
+    return resolved
+
+
+def nonfinite_pixels(array: np.ndarray) -> int:
+    """The number of pixels of a ``[C, H, W]`` array with a NaN or ±inf value in any channel.
+
+    One ``np.isfinite`` pass for float arrays; integer arrays cannot hold NaN and give 0 at once.
+    """
+    if array.dtype.kind not in "fc":
+        return 0
+    return int(np.count_nonzero(~np.isfinite(array).all(axis=0)))
+
+
+def nonfinite_message(what: str, count: int) -> str:
+    """The error message for ``count`` NaN or infinite pixels in ``what`` (e.g. "image 'a.tif'")."""
+    return (
+        f"{what} has {count} NaN or infinite pixel{'s' if count != 1 else ''}, which would make every "
+        "probability NaN; replace them first, e.g. numpy.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0) "
+        "for an image in [0, 1]."
+    )

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from pixelwise.data.folder import MAX_CHW_CHANNELS, DataError
-from pixelwise.inference.predictor import Predictor, labels_from_scores
+from pixelwise.data.folder import IMAGE_READ_ERRORS, MAX_CHW_CHANNELS, DataError, check_tiff_pages, read_error
+from pixelwise.inference.predictor import Predictor, labels_from_scores, nonfinite_message, nonfinite_pixels
 from pixelwise.io import atomic_path
 
 OUTPUT_TILE = 256
@@ -38,16 +38,18 @@ class TiffSource:
     per channel (OME-TIFF ``CYX``), the pages. Use as a context manager, or call :meth:`close`.
 
     Raises:
-        DataError: unreadable file, a volume (depth > 1) or more than 16 channels.
+        DataError: unreadable file, a volume (depth > 1) or more than 16 channels; from :meth:`read`,
+            rows holding NaN or infinite values.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
             self._tif = tifffile.TiffFile(self.path)
+            check_tiff_pages(self._tif)
             level = self._tif.series[0].levels[0]
-        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as error:
-            raise DataError(f"cannot read TIFF {str(self.path)!r}: {error}") from error
+        except (IndexError, *IMAGE_READ_ERRORS) as error:
+            raise read_error(self.path, "TIFF", error) from error
         self._pages = [page for page in level.pages if page is not None]
         key = self._pages[0].keyframe
         samples, depth, height, width, contig = key.shaped
@@ -71,9 +73,17 @@ class TiffSource:
         self._tif.close()
 
     def read(self, y0: int, y1: int) -> np.ndarray:
-        """Rows ``y0 ≤ y < y1`` as ``[C, y1 - y0, W]`` in the stored dtype."""
+        """Rows ``y0 ≤ y < y1`` as ``[C, y1 - y0, W]`` in the stored dtype.
+
+        Raises:
+            DataError: float rows holding NaN or infinite values (checked as they are read).
+        """
         parts = [self._read_page(page, y0, y1) for page in self._pages]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        count = nonfinite_pixels(rows)
+        if count:
+            raise DataError(nonfinite_message(f"image {str(self.path)!r} (rows {y0} to {y1 - 1})", count))
+        return rows
 
     def _read_page(self, page: Any, y0: int, y1: int) -> np.ndarray:
         key = page.keyframe

@@ -154,16 +154,19 @@ def write_instance_outputs(
 
 def model_instance_settings(model: str | os.PathLike) -> dict[str, Any]:
     """``{"target", "separation_gap"}`` of a run directory, ``save_pretrained`` directory, ``.ckpt`` or
-    ``.onnx`` file, from the ``preprocessing.json`` beside it; ``semantic`` and 0 when there is none."""
+    ``.onnx`` file, from the ``preprocessing.json`` beside it; ``semantic`` and 0 when there is none.
+
+    Raises:
+        WeightsError: that ``preprocessing.json`` is damaged (see :func:`pixelwise.evaluate.read_preprocessing`).
+    """
+    from pixelwise.evaluate import PREPROCESSING_DEFAULTS, PREPROCESSING_NAME, read_preprocessing
+
     path = Path(model)
     for folder in (path / "model", path, path.parent / "model", path.parent):
-        if (folder / "preprocessing.json").is_file():
-            facts = json.loads((folder / "preprocessing.json").read_text())
-            return {
-                "target": str(facts.get("target", "semantic")),
-                "separation_gap": int(facts.get("separation_gap", 0)),
-            }
-    return {"target": "semantic", "separation_gap": 0}
+        if (folder / PREPROCESSING_NAME).is_file():
+            facts = read_preprocessing(folder, require=())  # only the target matters here
+            return {"target": facts["target"], "separation_gap": facts["separation_gap"]}
+    return {key: PREPROCESSING_DEFAULTS[key] for key in ("target", "separation_gap")}
 
 
 def write_prediction_instances(

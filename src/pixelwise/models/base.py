@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import numbers
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelwise.errors import ConfigError, InputSizeError, closest
+from pixelwise.errors import ConfigError, InputSizeError, InputTypeError, closest
 from pixelwise.io import atomic_path, save_weights
 
 CONFIG_NAME = "config.json"
@@ -40,16 +42,109 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
+FULL_SCALE = {"uint8": 255, "uint16": 65535}
+"""The largest 8- and 16-bit pixel values: dividing by them maps pixels to [0, 1], as the data loader does."""
+
+
+def _type_name(x: object) -> str:
+    """``a numpy.ndarray [1, 3, 64, 64]``: the type of a non-tensor input, and its shape if it has one."""
+    name = f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
+    shape = getattr(x, "shape", None)
+    return f"a {name}" + (f" {list(shape)}" if shape is not None else "")
+
+
+def _described(x: torch.Tensor) -> str:
+    """``uint8 [1, 3, 64, 64]``: a tensor's dtype and shape."""
+    return f"{str(x.dtype).removeprefix('torch.')} {list(x.shape)}"
+
+
+def _scaled(dtype: object) -> str:
+    """`` / 255`` for 8-bit pixels, `` / 65535`` for 16-bit ones, else nothing."""
+    scale = FULL_SCALE.get(str(dtype).removeprefix("torch."))
+    return f" / {scale}" if scale else ""
+
+
+def _tensor_hint(x: object) -> str:
+    """How to turn a non-tensor ``x`` into the float tensor a model takes."""
+    if type(x).__module__ == "numpy":
+        return f"convert with torch.from_numpy(x).float(){_scaled(getattr(x, 'dtype', ''))}"
+    return "convert with torch.as_tensor(x, dtype=torch.float32)"
+
+
+def _float_hint(dtype: torch.dtype) -> str:
+    """How to turn an integer tensor into floats in [0, 1]."""
+    scaled = _scaled(dtype)
+    return f"x.float(){scaled}" if scaled else "x.float() (scaled as the training images were)"
+
+
+def _layout_hint(x: torch.Tensor, channels: int) -> str:
+    """How to fix an input with the wrong number of dimensions."""
+    if x.ndim == 3 and x.shape[0] == channels:
+        return "add the batch dimension with x[None] (or x.unsqueeze(0))"
+    return "give a batch of images [N, C, H, W]"
+
+
+def _channel_hint(x: torch.Tensor, channels: int) -> str:
+    """How to fix an input with the wrong number of channels."""
+    if x.shape[-1] == channels:
+        return "the channels come last; use x.permute(0, 3, 1, 2)"
+    return f"give {channels}-channel images, or build the model with in_channels={x.shape[1]}"
+
+
 def _option_hint(name: str, options: list[str]) -> str:
     close = closest(name, options, n=2)
     return f"{name!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_ints(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+
+
+OPTION_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_is_int, "an integer"),
+    "int | None": (lambda v: v is None or _is_int(v), "an integer or None"),
+    "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "Sequence[int]": (_is_ints, "a list of integers"),
+    "Sequence[int] | None": (lambda v: v is None or _is_ints(v), "a list of integers or None"),
+    "int | Sequence[int]": (lambda v: _is_int(v) or _is_ints(v), "an integer or a list of integers"),
+}
+"""Constructor annotations (as written in the source) → test and description of the values they accept."""
+
+
+def _check_options(model: str, signature: inspect.Signature, arguments: dict[str, Any]) -> None:
+    """Refuse constructor ``arguments`` whose type does not fit their annotation, and integers below 1
+    (below 0 for options whose default is 0, which means "off"). Arguments left out are not checked.
+
+    Raises:
+        ConfigError: naming the model, the argument, its value and what it accepts.
+    """
+    for name, value in arguments.items():
+        parameter = signature.parameters[name]
+        kind = OPTION_KINDS.get(str(parameter.annotation))
+        if kind is None:
+            continue
+        accepts, description = kind
+        if not accepts(value):
+            raise ConfigError(f"{model}: {name}={value!r} is not valid; give {description}.")
+        least = 0 if _is_int(parameter.default) and parameter.default == 0 else 1
+        ints = [value] if _is_int(value) else value if _is_ints(value) else []
+        if any(v < least for v in ints):
+            allowed = "positive integers" if least else "integers >= 0 (0 turns it off)"
+            raise ConfigError(f"{model}: {name}={value!r} is not valid; give {allowed}.")
 
 
 def _record_config(init):
     """Wrap an ``__init__`` so the outermost call stores its arguments as ``model.config``.
 
     Subclasses that inherit ``__init__`` (``FCN8s`` from a shared FCN base) are covered by the
-    parent's wrapper. Unknown keyword arguments are answered with the closest valid option names.
+    parent's wrapper. Unknown keyword arguments are answered with the closest valid option names;
+    values of the wrong type, and impossible counts (``classes=0``), with a ConfigError naming them.
     """
     signature = inspect.signature(init)
     options = [p for p in signature.parameters if p != "self"]
@@ -67,6 +162,7 @@ def _record_config(init):
             raise ConfigError(f"{type(self).__name__}: {error}. {valid}") from None
         outermost = "_config" not in self.__dict__
         if outermost:
+            _check_options(type(self).__name__, signature, {k: v for k, v in bound.arguments.items() if k != "self"})
             self.__dict__["_config"] = None
         init(self, *args, **kwargs)
         if outermost:
@@ -105,11 +201,36 @@ class SegmentationModel(nn.Module):
         raise NotImplementedError
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`InputSizeError` unless ``x`` is ``[N, in_channels, H, W]``."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
+        """Raise unless ``x`` is a float tensor ``[N, in_channels, H, W]`` with H, W ≥ 1.
+
+        Looks at the type, dtype and shape only (no data). While tracing or compiling, sizes may be
+        symbolic, so only the type, dtype and number of dimensions are checked then.
+
+        Raises:
+            InputTypeError: ``x`` is not a tensor (e.g. a NumPy array), holds integers (e.g. uint8), or
+                floats of another precision than the model's weights (float64; unless autocast is on).
+            InputSizeError: wrong number of dimensions or channels, or an empty image.
+        """
+        expected = f"{type(self).__name__} expects input [N, {self.in_channels}, H, W] of floats"
+        if not isinstance(x, torch.Tensor):
+            raise InputTypeError(f"{expected}; got {_type_name(x)}: {_tensor_hint(x)}")
+        if not x.is_floating_point():
+            raise InputTypeError(f"{expected}; got {_described(x)}: convert with {_float_hint(x.dtype)}")
+        weights = next((p.dtype for p in self.parameters() if p.is_floating_point()), x.dtype)
+        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+            convert = "x.float()" if weights == torch.float32 else f"x.to({weights})"
+            computes = str(weights).removeprefix("torch.")
+            raise InputTypeError(f"{expected}; got {_described(x)}: the model computes in {computes}; use {convert}")
+        if x.ndim != 4:
+            raise InputSizeError(f"{expected}; got {_described(x)}: {_layout_hint(x, self.in_channels)}")
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return  # the sizes may be symbolic here: never raise on them
+        channels, height, width = x.shape[1:]
+        if channels != self.in_channels:
+            raise InputSizeError(f"{expected}; got {_described(x)}: {_channel_hint(x, self.in_channels)}")
+        if height == 0 or width == 0:
             raise InputSizeError(
-                f"{type(self).__name__} expects input [N, {self.in_channels}, H, W], got {list(x.shape)}; "
-                f"build the model with in_channels={x.shape[1] if x.ndim == 4 else '...'} or fix the input layout."
+                f"{expected}; got {_described(x)}: the image is empty (height and width must be at least 1)."
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import torch
+from torch import nn
 
 from pixelwise.errors import ConfigError, WeightsError, unknown_name
 from pixelwise.io import load_weights
@@ -83,6 +86,11 @@ def from_pretrained(directory: str | os.PathLike) -> SegmentationModel:
     """Rebuild a model saved with ``model.save_pretrained(directory)``.
 
     Reads ``config.json`` and loads ``model.safetensors`` strictly; nothing is unpickled.
+
+    Raises:
+        WeightsError: a missing or damaged ``config.json`` (invalid JSON, no ``arch``, ``options`` not a
+            mapping, an unknown architecture or option), or weights that do not fit the configured model
+            (the message names the first missing, unexpected and wrongly shaped keys).
     """
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
@@ -91,21 +99,93 @@ def from_pretrained(directory: str | os.PathLike) -> SegmentationModel:
             f"{str(directory)!r} is not a saved pixelwise model: {CONFIG_NAME} is missing "
             "(save one with model.save_pretrained(directory))."
         )
+    arch, options = read_config(config_path)
     try:
-        config = json.loads(config_path.read_text())
-        arch, options = config["arch"], config["options"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise WeightsError(f"{str(config_path)!r} is not a valid pixelwise config ({error}).") from error
-    model = create_model(arch, **options)
-    state_dict = load_weights(directory / WEIGHTS_NAME)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(
-            f"{str(directory / WEIGHTS_NAME)!r} does not match the model in {CONFIG_NAME}: "
-            f"{str(error).splitlines()[0]} (were the files saved together?)"
-        ) from error
+        model = create_model(arch, **options)
+    except ConfigError as error:
+        raise WeightsError(f"{str(config_path)!r} describes a model pixelwise cannot build: {error}") from error
+    load_state(model, load_weights(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME, CONFIG_NAME)
     return model
+
+
+def read_config(config_path: Path) -> tuple[str, dict[str, Any]]:
+    """``(arch, options)`` from a ``config.json`` written by ``save_pretrained``.
+
+    Raises:
+        WeightsError: the file is not JSON, not an object, or its ``arch`` is not a name or its
+            ``options`` not a mapping of option names.
+    """
+    where = f"{str(config_path)!r} is damaged"
+    fix = "save the model again with model.save_pretrained()"
+    try:
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"{where}: it is not valid JSON ({error}); {fix}.") from error
+    if not isinstance(config, dict):
+        raise WeightsError(f"{where}: it holds a JSON {type(config).__name__}, not an object with 'arch'; {fix}.")
+    arch, options = config.get("arch"), config.get("options", {})
+    if not isinstance(arch, str):
+        raise WeightsError(f"{where}: 'arch' must be an architecture name, got {arch!r}; {fix}.")
+    if not isinstance(options, dict) or not all(isinstance(key, str) for key in options):
+        raise WeightsError(f"{where}: 'options' must map option names to values, got {_shorten(options)}; {fix}.")
+    return arch, options
+
+
+MISMATCHES_SHOWN = 3
+"""How many missing, unexpected or wrongly shaped keys a weights mismatch error names."""
+
+
+def load_state(model: nn.Module, state_dict: Mapping[str, Any], source: Path, built_from: str) -> None:
+    """Load ``state_dict`` into ``model`` after checking that its keys and shapes fit exactly.
+
+    Args:
+        model: the freshly built model.
+        state_dict: weights read from ``source``.
+        source: the file the weights came from (named in the error).
+        built_from: what the model was built from (``config.json``), named in the error.
+
+    Raises:
+        WeightsError: keys are missing or unexpected, or tensors have other shapes: the weights
+            belong to another architecture or class count (the first few keys are named).
+    """
+    expected = model.state_dict()
+    problems = [
+        _listed("missing keys", [key for key in expected if key not in state_dict]),
+        _listed("unexpected keys", [key for key in state_dict if key not in expected]),
+        _listed(
+            "values that are not tensors",
+            [key for key, value in state_dict.items() if key in expected and not isinstance(value, torch.Tensor)],
+        ),
+        _listed(
+            "wrongly shaped tensors",
+            [
+                f"{key} {list(value.shape)} (the model has {list(expected[key].shape)})"
+                for key, value in state_dict.items()
+                if key in expected and isinstance(value, torch.Tensor) and value.shape != expected[key].shape
+            ],
+        ),
+    ]
+    problems = [problem for problem in problems if problem]
+    if problems:
+        raise WeightsError(
+            f"{str(source)!r} does not match the model in {built_from}: {'; '.join(problems)}. The weights "
+            "belong to another architecture or class count (were the files saved together?)"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _listed(label: str, keys: list[str]) -> str:
+    """``missing keys (5): a, b, c, ...`` (at most ``MISMATCHES_SHOWN`` named), or ``""`` when there are none."""
+    if not keys:
+        return ""
+    shown = ", ".join(keys[:MISMATCHES_SHOWN]) + (", ..." if len(keys) > MISMATCHES_SHOWN else "")
+    return f"{label} ({len(keys)}): {shown}"
+
+
+def _shorten(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, with its type."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def check_choice(option: str, value: Any, choices: tuple) -> None:

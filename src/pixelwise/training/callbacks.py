@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,9 @@ class EpochRecords(L.Callback):
     ``metrics.csv`` (a resumed run) are kept, so the curves cover the whole run.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, budget: TimeBudget | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.budget = budget  # knows which epochs were validated: the others get no val_ columns
         self.rows: list[dict[str, Any]] = []
         path = self.run_dir / "metrics.csv"
         if path.is_file():
@@ -43,6 +46,8 @@ class EpochRecords(L.Callback):
 
     def _record(self, trainer: L.Trainer, epoch: int) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.endswith("_step")}
+        if self.budget is not None and not self.budget.validated(epoch):  # the val_ values are an older epoch's
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("val_")}
         if not trainer.is_global_zero or not metrics:
             return
         row: dict[str, Any] = {"epoch": epoch, "step": trainer.global_step, **metrics}
@@ -88,3 +93,143 @@ class WeightEMA(WeightAveraging):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pass
+
+
+VALIDATION_SHARE = 0.1
+"""Validation may take at most this share of the training time: an epoch ends with a validation pass
+only once the training since the last one took ``1 / VALIDATION_SHARE`` times as long as that pass."""
+EXPORT_SECONDS = 5.0
+"""Time kept back at the end of a budget for writing the last checkpoint and the model folder."""
+NEVER = 2**31 - 1
+"""``check_val_every_n_epoch`` that switches validation off for an epoch."""
+
+
+@dataclass
+class TimeSplit:
+    """Where a run's seconds went (this session of the run; ``--resume`` starts a new split)."""
+
+    setup: float = 0.0
+    training: float = 0.0
+    validation: float = 0.0
+    validations: int = 0
+    steps: int = 0
+
+    def format(self, total: float) -> str:
+        share = self.validation / total if total else 0.0
+        per_step = f", {self.training / self.steps:.2f} s/step" if self.steps else ""
+        return (
+            f"time {total:.0f} s: training {self.training:.0f} s ({self.steps} steps{per_step}), "
+            f"validation {self.validation:.0f} s ({self.validations} passes, {share:.0%}), "
+            f"data check, set-up and saving {max(total - self.training - self.validation, 0):.0f} s"
+        )
+
+
+class TimeBudget(L.Callback):
+    """Spend a run's time on training: validate only as often as keeps validation within
+    ``validation_share`` of the training time (always after the first and the last epoch), and,
+    with a budget, stop early enough that the final validation and the model export fit in it.
+
+    Every epoch that is not validated still writes ``last.ckpt``, so ``--resume`` loses at most an
+    epoch. With a budget, the learning-rate schedule's progress (:class:`~pixelwise.training.task.LRFactor`)
+    follows the clock towards the moment training must stop, so a run stopped by the clock still ends
+    annealed. The budget counts from ``start`` (the moment ``train()`` was called, so the data check
+    counts too) and continues across ``--resume`` (the seconds used are kept in the checkpoint).
+
+    Args:
+        budget_seconds: the whole run's budget, or None for no time limit.
+        start: ``time.perf_counter()`` when the run started.
+        last_checkpoint: where ``last.ckpt`` goes.
+        validation_share: see :data:`VALIDATION_SHARE` (its default).
+    """
+
+    def __init__(
+        self,
+        budget_seconds: float | None,
+        start: float,
+        last_checkpoint: str | Path,
+        validation_share: float | None = None,
+    ) -> None:
+        self.budget, self.start, self.last_checkpoint = budget_seconds, start, Path(last_checkpoint)
+        self.validation_share = VALIDATION_SHARE if validation_share is None else validation_share
+        self.used_before = 0.0  # seconds of earlier sessions of a resumed run
+        self.split = TimeSplit()
+        self.since_validation = 0.0  # training seconds since the last validation pass
+        self.last_validation: float | None = None  # seconds the last validation pass took
+        self.step_seconds: float | None = None
+        self._mark = 0.0
+        self._validated_epoch = -1
+
+    # -- the clock ----------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Seconds of the budget used so far, earlier sessions of a resumed run included."""
+        return self.used_before + time.perf_counter() - self.start
+
+    def reserve(self) -> float:
+        """Seconds kept back for the final validation pass and the export."""
+        return (self.last_validation or 0.0) + EXPORT_SECONDS
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.used_before = float(state_dict.get("elapsed", 0.0))
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.split.setup = time.perf_counter() - self.start
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        last_epoch = trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs - 1
+        due = self.last_validation is None or self.since_validation * self.validation_share >= self.last_validation
+        due = trainer.strategy.broadcast(due or last_epoch, src=0)  # every process must agree
+        trainer.check_val_every_n_epoch = 1 if due else NEVER
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
+        self._mark = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, index: int
+    ) -> None:
+        seconds = time.perf_counter() - self._mark
+        self.split.training += seconds
+        self.split.steps += 1
+        self.since_validation += seconds
+        # a running mean that forgets the first step (one-time set-up of the kernels)
+        self.step_seconds = seconds if self.split.steps <= 2 else 0.9 * self.step_seconds + 0.1 * seconds
+        if self.budget is None:
+            return
+        available = self.budget - self.reserve()
+        progress = (self.elapsed() + self.step_seconds) / max(available, 1e-9)
+        progress = trainer.strategy.broadcast(progress, src=0)  # one schedule and one stop for every process
+        _set_clock_progress(trainer, progress)
+        if progress >= 1:
+            trainer.should_stop = True
+            trainer.check_val_every_n_epoch = 1  # the stop triggers one last validation pass
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._mark = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.last_validation = time.perf_counter() - self._mark
+        self.split.validation += self.last_validation
+        self.split.validations += 1
+        self.since_validation = 0.0
+        self._validated_epoch = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._validated_epoch != trainer.current_epoch:  # ModelCheckpoint saves only after validation
+            trainer.save_checkpoint(self.last_checkpoint)
+
+    def validated(self, epoch: int) -> bool:
+        """Whether ``epoch`` ended with a validation pass."""
+        return self._validated_epoch == epoch
+
+
+def _set_clock_progress(trainer: L.Trainer, progress: float) -> None:
+    """Tell the learning-rate schedule how far through the budget the run is (see ``LRFactor``)."""
+    for config in trainer.lr_scheduler_configs:
+        for factor in getattr(config.scheduler, "lr_lambdas", []):
+            if hasattr(factor, "clock_progress"):
+                factor.clock_progress = min(1.0, progress)

@@ -9,18 +9,49 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from pixelwise.errors import ConfigError, unknown_name
 from pixelwise.instances.targets import BOUNDARY_CLASSES, TargetOptions
-from pixelwise.io import atomic_path
+from pixelwise.io import atomic_path, read_text
 from pixelwise.modes import IGNORE_INDEX, MODES
+from pixelwise.training.checks import coerce
 
 OPTIMIZERS = ("adamw", "sgd")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64")
+MIN_CROP = 8
+"""Smallest training crop side, in pixels."""
+RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "classes": (1, None, "3"),
+    "epochs": (1, None, "50"),
+    "max_minutes": (0, None, "30"),
+    "samples_per_epoch": (1, None, "400"),
+    "batch_size": (1, None, "8"),
+    "crop": (MIN_CROP, None, "256"),
+    "lr": (0, None, "1e-3"),
+    "weight_decay": (0, None, "1e-4"),
+    "momentum": (0, 1, "0.9"),
+    "warmup_epochs": (0, None, "1"),
+    "gradient_clip": (0, None, "1.0"),
+    "ema_decay": (0, 1, "0.998"),
+    "weight_map_w0": (0, None, "10"),
+    "weight_map_sigma": (0, None, "5"),
+    "separation_gap": (0, None, "1"),
+    "boundary_width": (1, None, "2"),
+    "devices": (1, None, "2"),
+    "num_nodes": (1, None, "1"),
+    "num_workers": (0, None, "4"),
+}
+"""``(lowest, highest, example)`` of the numeric options (None: unbounded)."""
+EXCLUSIVE = {"max_minutes", "lr", "gradient_clip", "ema_decay", "weight_map_sigma"}
+"""Options whose bounds are excluded (they must lie strictly between them)."""
 SCHEDULERS = ("cosine", "poly", "onecycle", "none")
 AUGMENT_PRESETS = ("none", "light", "strong")
 CLASS_WEIGHTINGS = ("median", "sqrt_median")
@@ -52,8 +83,13 @@ class TrainConfig:
     """Only these validation files (e.g. the same split folder as training with ``"2[0-4]"``)."""
     classes: int | None = None
     """Number of classes K (inferred from classes.yaml or the masks when omitted)."""
-    ignore_index: int = IGNORE_INDEX
-    """Mask value excluded from the loss and the metrics."""
+    ignore_index: int | None = None
+    """Mask value excluded from the loss and the metrics (None: 255, which binary masks stored as 0/255
+    read as their foreground instead; see mask_values)."""
+    mask_values: dict[int, int] | None = None
+    """Mask values read as other class ids, e.g. ``{255: 1}`` (None: found by the data check: masks
+    holding only 0 and one other value, such as 0/255 or 0/65535 binary exports, read it as class 1;
+    ``{}``: the values are class ids as stored)."""
     mode: str = "multiclass"
     """``multiclass`` (softmax over K), ``binary`` (one sigmoid channel) or ``multilabel``."""
 
@@ -71,7 +107,8 @@ class TrainConfig:
     max_minutes: float | None = None
     """Stop after this much training time, whatever ``epochs`` says (fixed-budget runs)."""
     samples_per_epoch: int | None = None
-    """Random crops drawn per epoch (default: one per training image)."""
+    """Random crops drawn per epoch (default: one per training image, and at least
+    ``MIN_EPOCH_STEPS`` batches, so that a small data set's epochs do not shrink to a few steps)."""
     batch_size: int = 8
     """Images per optimiser step (per process under DDP)."""
     scale: float = 1.0
@@ -135,7 +172,7 @@ class TrainConfig:
     averaging)."""
 
     accelerator: str = "auto"
-    """``auto``, ``cpu``, ``gpu`` or ``mps`` (Lightning accelerator)."""
+    """``auto``, ``cpu``, ``gpu`` (``cuda``) or ``mps`` (Lightning accelerator)."""
     devices: int | str = 1
     """Devices (processes) per node, e.g. 2 with ``strategy: ddp``."""
     strategy: str = "auto"
@@ -157,19 +194,20 @@ class TrainConfig:
     """Show the progress bar."""
 
     def validate(self) -> TrainConfig:
-        """Check choices and ranges; raise ConfigError naming the option and the fix."""
+        """Check types, choices and ranges; raise ConfigError naming the option and the fix."""
+        check_types(self)
         if not self.data:
             raise ConfigError("no training data given: pass --data DIR (a folder with train/ and val/ splits).")
         checks = [("mode", self.mode, MODES), ("optimizer", self.optimizer, OPTIMIZERS)]
-        checks += [("scheduler", self.scheduler, SCHEDULERS)]
+        checks += [("scheduler", self.scheduler, SCHEDULERS), ("accelerator", self.accelerator, ACCELERATORS)]
+        checks += [("precision", self.precision, PRECISIONS)]
         if isinstance(self.augment, str) and self.augment not in AUGMENT_PRESETS:
             checks.append(("augment", self.augment, AUGMENT_PRESETS))
         for option, value, choices in checks:
             if value not in choices:
                 raise unknown_name(option, str(value), choices)
-        for option in ("epochs", "batch_size"):
-            if getattr(self, option) < 1:
-                raise ConfigError(f"{option}={getattr(self, option)} must be at least 1.")
+        check_ranges(self)
+        check_device(self.accelerator)
         if not 0 < self.scale <= 4:
             raise ConfigError(f"scale={self.scale} must be in (0, 4]; e.g. 0.5 trains at half resolution.")
         if (
@@ -181,12 +219,6 @@ class TrainConfig:
                 f"mask_offset={self.mask_offset!r}: give [dy, dx] in pixels, each within ±8 (e.g. [-0.5, 0])."
             )
         self.mask_offset = [float(v) for v in self.mask_offset]
-        if self.lr <= 0:
-            raise ConfigError(f"lr={self.lr} must be positive (e.g. 1e-3 for AdamW).")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"ema_decay={self.ema_decay} must be between 0 and 1 (e.g. 0.998), or left out.")
-        if self.classes is not None and self.classes < 1:
-            raise ConfigError(f"classes={self.classes} must be at least 1.")
         if isinstance(self.class_weights, str) and self.class_weights not in CLASS_WEIGHTINGS:
             raise ConfigError(
                 f"class_weights={self.class_weights!r}: use {' or '.join(map(repr, CLASS_WEIGHTINGS))} "
@@ -222,7 +254,7 @@ class TrainConfig:
             boundary_width=self.boundary_width,
             w0=self.weight_map_w0,
             sigma=self.weight_map_sigma,
-            ignore_index=self.ignore_index,
+            ignore_index=IGNORE_INDEX if self.ignore_index is None else self.ignore_index,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,6 +263,45 @@ class TrainConfig:
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def check_types(config: TrainConfig) -> None:
+    """Check every field's value against its annotation (see :mod:`pixelwise.training.checks`); a
+    number YAML 1.1 left as text (``lr: 1e-3``) is converted."""
+    hints = typing.get_type_hints(TrainConfig)
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        setattr(config, item.name, coerce(item.name, value, hints[item.name]))
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Check the numeric fields against :data:`RANGES`."""
+    for name, (low, high, example) in RANGES.items():
+        value = getattr(config, name)
+        if value is None or (name == "devices" and isinstance(value, str)):
+            continue
+        low_ok = low is None or (value > low if name in EXCLUSIVE else value >= low)
+        high_ok = high is None or (value < high if name in EXCLUSIVE else value <= high)
+        if not (low_ok and high_ok):
+            allowed = _range_text(name, low, high)
+            raise ConfigError(f"{name}={value!r} is out of range: it must be {allowed} (e.g. {name}: {example}).")
+
+
+def _range_text(name: str, low: float | None, high: float | None) -> str:
+    lower = f"greater than {low}" if name in EXCLUSIVE else f"at least {low}"
+    upper = f"less than {high}" if name in EXCLUSIVE else f"at most {high}"
+    return lower if high is None else f"{lower} and {upper}"
+
+
+def check_device(accelerator: str) -> None:
+    """Refuse a GPU accelerator on a machine where none is visible (before any run folder is made)."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"accelerator={accelerator!r} but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+            "pass --accelerator cpu, or auto to use a GPU only where there is one."
+        )
+    if accelerator == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("accelerator='mps' but Apple's MPS device is not available here; pass --accelerator cpu.")
 
 
 def field_names() -> list[str]:
@@ -253,7 +324,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; check the --config path.")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(read_text(path, "config file")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
     if not isinstance(values, dict):

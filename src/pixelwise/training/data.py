@@ -14,6 +14,9 @@ from pixelwise.data.transforms import shift_image
 from pixelwise.instances import TargetOptions, training_targets
 from pixelwise.training.config import TrainConfig
 
+MIN_EPOCH_STEPS = 50
+"""Fewest optimiser steps in an epoch when ``samples_per_epoch`` is not given."""
+
 
 def pad_collate(samples: list[dict[str, Any]], ignore_index: int) -> dict[str, Any]:
     """Stack samples of different sizes: images padded with 0, masks with ``ignore_index``
@@ -122,7 +125,12 @@ class SegmentationDataModule(L.LightningDataModule):
         targets = TrainConfig(**config).target_options()
         # a boundary-target model predicts 3 classes; the masks keep the data's own (checked by their class file)
         data_classes = None if targets.num_classes else self.num_classes
-        common = {"num_classes": data_classes, "ignore_index": config["ignore_index"], "instances": targets.active}
+        common = {
+            "num_classes": data_classes,
+            "ignore_index": config["ignore_index"],
+            "mask_values": config["mask_values"],
+            "instances": targets.active,
+        }
         augment = build_transforms(
             config["augment"],
             crop_size=config["crop"],
@@ -146,9 +154,16 @@ class SegmentationDataModule(L.LightningDataModule):
             self.train_set = InstanceTargets(self.train_set, targets)
             self.val_set = InstanceTargets(self.val_set, targets)
 
+    def samples_per_epoch(self) -> int:
+        """Training crops per epoch: ``samples_per_epoch`` if given, else one per training image and at
+        least ``MIN_EPOCH_STEPS`` batches (a small data set's epochs would otherwise shrink to a few
+        steps, and its budget go to validation passes)."""
+        config = self.config
+        return config["samples_per_epoch"] or max(len(self.train_set), MIN_EPOCH_STEPS * config["batch_size"])
+
     def train_dataloader(self) -> DataLoader:
         config = self.config
-        samples = config["samples_per_epoch"] or len(self.train_set)
+        samples = self.samples_per_epoch()
         sampler = RandomSampler(self.train_set, replacement=samples > len(self.train_set), num_samples=samples)
         return DataLoader(
             self.train_set,

@@ -9,11 +9,14 @@ Checkpoints are written under a temporary name and renamed, and read back with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,24 +26,18 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from pixelwise.data import ClassInfo, check_dataset, default_palette
 from pixelwise.errors import ConfigError
 from pixelwise.instances import BOUNDARY_CLASSES
-from pixelwise.io import atomic_path, load_checkpoint
-from pixelwise.training.callbacks import EpochRecords, WeightEMA
+from pixelwise.io import atomic_path, load_checkpoint, remove_stale_temporaries
+from pixelwise.training.callbacks import EpochRecords, TimeBudget, TimeSplit, WeightEMA
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.data import SegmentationDataModule
 from pixelwise.training.task import SegmentationTask, training_tile
 
 MONITOR = "val_miou"
-# the run directory holds config.yaml before the first checkpoint: that is expected, not a problem
-warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning, not ours
-# Lightning advertises a cloud logger on every fit; a training log is not the place for it
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: not str(record.msg).startswith("💡 Tip")
-)
 RUN_NAME_ENV = "PIXELWISE_RUN_NAME"
 """Carries an auto-generated run name to the DDP worker processes, which re-run the command line."""
 
@@ -65,10 +62,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 @dataclass
 class RunResult:
+    """What ``train`` returns: the run directory, the best validation mIoU, epochs, seconds and their split."""
+
     run_dir: Path
     best_miou: float | None
     epochs: int
     seconds: float
+    time_split: TimeSplit | None = None
 
 
 def default_run_name(config: TrainConfig) -> str:
@@ -104,8 +104,16 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
         num_classes=data_classes,
         ignore_index=config.ignore_index,
         files=config.train_files,
+        mask_values=config.mask_values,
+        progress=None if config.progress else False,
     )
     train_report.raise_if_bad()
+    config.ignore_index, config.mask_values = train_report.ignore_index, train_report.mask_values
+    for stored, class_id in config.mask_values.items():
+        rank_zero_info(
+            f"note: the masks hold only 0 and {stored}: {stored} is read as class {class_id} (binary masks); "
+            f"pass --ignore-index {stored} if it marks pixels to ignore instead."
+        )
     if train_report.suggested_mask_offset and not any(config.mask_offset):
         dy, dx = train_report.mask_offset
         rank_zero_info(
@@ -119,6 +127,8 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
         num_classes=data_classes or train_report.num_classes,
         ignore_index=config.ignore_index,
         files=config.val_files,
+        mask_values=config.mask_values,
+        progress=None if config.progress else False,
     )
     val_report.raise_if_bad()
     if val_report.in_channels != train_report.in_channels:
@@ -148,6 +158,17 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
     return run_dir, facts
 
 
+def process_start() -> float:
+    """When this process started, on the ``time.perf_counter()`` clock (Linux; elsewhere: now)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()
+    age = max(uptime - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    return time.perf_counter() - age
+
+
 def save_config(config: TrainConfig, run_dir: Path) -> None:
     """Write ``config.yaml`` (rank 0 only), once the model and the data pipeline have been built from it:
     a config that cannot build its model leaves no run directory behind to block its ``--name``."""
@@ -156,11 +177,24 @@ def save_config(config: TrainConfig, run_dir: Path) -> None:
         config.save(run_dir / "config.yaml")
 
 
-def train(config: TrainConfig, resume: bool = False) -> RunResult:
-    """Fit a model as ``config`` says; with ``resume``, continue the run in ``config.runs_dir/config.name``."""
+def train(config: TrainConfig, resume: bool = False, start: float | None = None) -> RunResult:
+    """Fit a model as ``config`` says; with ``resume``, continue the run in ``config.runs_dir/config.name``.
+
+    ``start`` (a ``time.perf_counter()`` value) is when the budget ``max_minutes`` began: by default
+    now; the command line passes the start of its process (:func:`process_start`), so that the whole
+    command keeps the budget.
+
+    Raises:
+        ConfigError, DataError: a bad option or data folder, before any run directory is written; a run
+            that fails before its first checkpoint leaves no run directory behind either.
+    """
+    start = time.perf_counter() if start is None else start
     config.validate()
     L.seed_everything(config.seed, workers=True, verbose=False)
     run_dir, facts = prepare_run(config, resume=resume)
+    last = run_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no last.ckpt (the run never finished an epoch).")
     task = SegmentationTask(config.to_dict(), **facts)
     crop, mirror_border = training_tile(task.model, config.crop)
     if mirror_border:
@@ -172,7 +206,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     datamodule = SegmentationDataModule(
         {**config.to_dict(), "crop": crop}, num_classes=facts["classes"], mirror_border=mirror_border
     )
-    save_config(config, run_dir)
+    budget = TimeBudget(config.max_minutes * 60 if config.max_minutes else None, start, last)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir,
         filename="best",
@@ -181,44 +215,84 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         save_last=True,
         save_top_k=1,
         enable_version_counter=False,
+        save_on_train_epoch_end=False,  # after validation; TimeBudget writes last.ckpt after the other epochs
     )
-    callbacks: list[L.Callback] = [checkpoints, EpochRecords(run_dir)]
+    callbacks: list[L.Callback] = [budget, checkpoints, EpochRecords(run_dir, budget)]
     if config.ema_decay is not None:
         # swaps the averaged weights in for validation and puts them in every checkpoint
         callbacks.append(WeightEMA(decay=config.ema_decay))
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=config.epochs,
-        max_time={"minutes": config.max_minutes} if config.max_minutes else None,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=precision_for(config),
-        gradient_clip_val=config.gradient_clip,
-        deterministic=config.deterministic,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        logger=False,
-        enable_progress_bar=config.progress,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-    )
-    last = run_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no last.ckpt (the run never finished an epoch).")
-    start = time.perf_counter()
+    with _without_lightning_tips():
+        trainer = build_trainer(config, run_dir, callbacks)
+    created = not run_dir.exists()
+    save_config(config, run_dir)
+    removed = remove_stale_temporaries(run_dir) if trainer.is_global_zero else []
+    if removed:
+        rank_zero_info(f"removed {len(removed)} temporary files left by an interrupted run in {run_dir}")
     os.environ[RUN_NAME_ENV] = run_dir.name
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
+        with warnings.catch_warnings(), _without_lightning_tips():
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning
+            trainer.fit(task, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
+    except BaseException:
+        if created and trainer.is_global_zero and not last.exists():  # nothing to resume: leave no trace
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         os.environ.pop(RUN_NAME_ENV, None)
-    seconds = time.perf_counter() - start
     best = checkpoints.best_model_score
     if trainer.is_global_zero:
         export_model(run_dir, Path(checkpoints.best_model_path or last), facts, config)
-    return RunResult(run_dir, float(best) if best is not None else None, trainer.current_epoch, seconds)
+    seconds = time.perf_counter() - start
+    rank_zero_info(budget.split.format(seconds))
+    return RunResult(run_dir, float(best) if best is not None else None, trainer.current_epoch, seconds, budget.split)
+
+
+@contextlib.contextmanager
+def _without_lightning_tips() -> Iterator[None]:
+    """Lightning advertises a cloud logger on every fit; a training log is not the place for it."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+    def no_tips(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+    logger.addFilter(no_tips)
+    try:
+        yield
+    finally:
+        logger.removeFilter(no_tips)
+
+
+def build_trainer(config: TrainConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    """The Lightning Trainer of a run (no time limit of its own: :class:`TimeBudget` keeps the budget).
+
+    Raises:
+        ConfigError: Lightning refuses the devices, strategy or precision (names the options).
+    """
+    try:
+        return L.Trainer(
+            default_root_dir=run_dir,
+            max_epochs=config.epochs,
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=precision_for(config),
+            gradient_clip_val=config.gradient_clip,
+            deterministic=config.deterministic,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            logger=False,
+            enable_progress_bar=config.progress,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            num_sanity_val_steps=0,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        raise ConfigError(
+            f"cannot set up training with accelerator={config.accelerator!r}, devices={config.devices!r}, "
+            f"strategy={config.strategy!r}, precision={config.precision!r}: {str(error).splitlines()[0]}"
+        ) from error
 
 
 def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config: TrainConfig) -> Path:
@@ -236,6 +310,7 @@ def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config:
         "scale": config.scale,  # the model predicts on images resized by this factor
         "mask_offset": config.mask_offset,  # [dy, dx]: images are shifted by this before the network
         "ignore_index": config.ignore_index,
+        "mask_values": {str(k): v for k, v in (config.mask_values or {}).items()},  # {stored value: class id}
         # how the outputs become instances: the target's classes, and the gaps cut between touching objects
         "target": config.target,
         "separation_gap": config.target_options().effective_gap,

@@ -8,8 +8,6 @@ and its schedule.
 from __future__ import annotations
 
 import math
-import os
-import time
 from typing import Any
 
 import lightning as L
@@ -174,8 +172,7 @@ class SegmentationTask(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = int(config["warmup_epochs"] * steps_per_epoch)
-        budget = config["max_minutes"] * 60 if config.get("max_minutes") else None
-        factor = LRFactor(config["scheduler"], warmup, total, budget)
+        factor = LRFactor(config["scheduler"], warmup, total)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -187,27 +184,21 @@ POLY_POWER = 0.9
 class LRFactor:
     """Learning-rate multiplier at step ``t``: linear warm-up, then cosine, poly or constant decay.
 
-    With a time budget (``max_minutes``) progress is the larger of the step fraction and the
-    elapsed-time fraction, so a run stopped by the clock still ends its schedule annealed.
+    Progress through the decay is the larger of the step fraction and ``clock_progress``, which a
+    time budget sets (:class:`~pixelwise.training.callbacks.TimeBudget`: the fraction of the time
+    available for training that is used), so a run stopped by the clock still ends its schedule annealed.
     A class rather than a closure so that the schedule pickles into checkpoints and DDP workers.
     """
 
-    def __init__(self, schedule: str, warmup_steps: int, total_steps: int, budget_seconds: float | None = None):
+    def __init__(self, schedule: str, warmup_steps: int, total_steps: int) -> None:
         self.schedule, self.warmup, self.total = schedule, warmup_steps, max(total_steps, 1)
-        self.budget = budget_seconds
-        self.elapsed = 0.0  # training seconds so far (restored with the scheduler on --resume)
-        self._clock: tuple[int, float] | None = None  # (process id, monotonic time): clocks differ per process
+        self.clock_progress = 0.0
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        if self.budget:
-            now = (os.getpid(), time.monotonic())
-            if self._clock is not None and self._clock[0] == now[0]:
-                self.elapsed += now[1] - self._clock[1]
-            self._clock = now
-            progress = max(progress, min(1.0, self.elapsed / self.budget))
+        progress = max(progress, self.clock_progress)
         if self.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * progress))
         if self.schedule == "poly":
