@@ -89,7 +89,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     folders = make_data(args.out / "data")
-    other = json.loads(args.per_pass.read_text()) if args.per_pass else {}
+    other = json.loads(args.per_pass.read_text() or "{}") if args.per_pass else {}
     results = {}
     stamp = time.strftime("%H%M%S")
     print(f"budget {args.minutes} min, {os.cpu_count()} cores, label {args.label!r}")

@@ -8,7 +8,7 @@ class scores for any H and W. ``pixelwise.Predictor`` predicts images of any siz
 __version__ = "0.1.0"
 
 from pixelwise import losses, metrics
-from pixelwise.errors import ConfigError, InputSizeError, PixelwiseError, ShapeError, WeightsError
+from pixelwise.errors import ConfigError, InputSizeError, InputTypeError, PixelwiseError, ShapeError, WeightsError
 from pixelwise.inference import Predictor
 from pixelwise.models import *  # noqa: F403
 from pixelwise.models import __all__ as _models_all
@@ -16,6 +16,7 @@ from pixelwise.models import __all__ as _models_all
 __all__ = [
     "ConfigError",
     "InputSizeError",
+    "InputTypeError",
     "PixelwiseError",
     "Predictor",
     "ShapeError",
