@@ -5,16 +5,26 @@ are plain ``nn.Module``s mapping ``[N, in_channels, H, W]`` images to ``[N, clas
 class scores for any H and W. ``pixelwise.Predictor`` predicts images of any size in tiles.
 """
 
-__version__ = "0.1.0"
-
 from pixelwise import losses, metrics
-from pixelwise.errors import ConfigError, InputSizeError, InputTypeError, PixelwiseError, ShapeError, WeightsError
+from pixelwise._version import __version__
+from pixelwise.errors import (
+    ConfigError,
+    DataError,
+    ExportError,
+    InputSizeError,
+    InputTypeError,
+    PixelwiseError,
+    ShapeError,
+    WeightsError,
+)
 from pixelwise.inference import Predictor
 from pixelwise.models import *  # noqa: F403
 from pixelwise.models import __all__ as _models_all
 
 __all__ = [
     "ConfigError",
+    "DataError",
+    "ExportError",
     "InputSizeError",
     "InputTypeError",
     "PixelwiseError",

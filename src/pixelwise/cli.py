@@ -64,7 +64,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
     import torchvision
 
-    import pixelwise
+    from pixelwise._version import __version__
 
     if torch.cuda.is_available():
         device = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
@@ -74,7 +74,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         device = "cpu"
     rows = [
-        ["pixelwise", pixelwise.__version__],
+        ["pixelwise", __version__],
         ["python", platform.python_version()],
         ["torch", torch.__version__],
         ["torchvision", torchvision.__version__],
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from pixelwise import __version__
+    from pixelwise._version import __version__
 
     return f"pixelwise {__version__}"
 

@@ -1,9 +1,10 @@
-"""Error types raised for bad user input, and the "did you mean" helper they share."""
+"""Every error type pixelwise raises on purpose, and the "did you mean" helpers they share."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class PixelwiseError(Exception):
@@ -18,8 +19,24 @@ class InputSizeError(PixelwiseError, ValueError):
     """An input tensor whose shape the model cannot take."""
 
 
+class InputTypeError(InputSizeError, TypeError):
+    """An input that is not a float tensor (a NumPy array, or integer pixel values); names the conversion."""
+
+
+class ShapeError(PixelwiseError, ValueError):
+    """Predictions and target whose shapes do not fit the segmentation mode (names both shapes)."""
+
+
 class WeightsError(PixelwiseError, OSError):
     """Weights that cannot be loaded: missing, unreachable, corrupt or mismatched."""
+
+
+class DataError(PixelwiseError):
+    """A data folder or file pixelwise cannot use: missing, unreadable, or inconsistent (names the file and the fix)."""
+
+
+class ExportError(PixelwiseError, RuntimeError):
+    """An exported model that does not reproduce the PyTorch model (the message gives the difference)."""
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
@@ -44,9 +61,27 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
     return ConfigError(message + (f" {hint}" if hint else ""))
 
 
-class ShapeError(PixelwiseError, ValueError):
-    """Predictions and target whose shapes do not fit the segmentation mode (names both shapes)."""
+def check_choice(option: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise unless ``value`` is one of ``choices``; the one check of an option against a fixed set.
 
+    Args:
+        option: the option's name as the user wrote it (``blend``, ``--blend``, ``decoder_merge_policy``).
+        value: the value given.
+        choices: the accepted values (strings, or numbers such as output strides).
 
-class InputTypeError(InputSizeError, TypeError):
-    """An input that is not a float tensor (a NumPy array, or integer pixel values); names the conversion."""
+    Raises:
+        ConfigError: names ``option``, ``value`` and the closest choices ("did you mean ...") for a string,
+            or every choice for a value of another type.
+
+    Example:
+        >>> check_choice("blend", "gausian", ("gaussian", "mean"))
+        Traceback (most recent call last):
+        ...
+        pixelwise.errors.ConfigError: unknown blend option 'gausian'; did you mean 'gaussian'?
+    """
+    choices = tuple(choices)
+    if value in choices:
+        return
+    if isinstance(value, str):
+        raise unknown_name(f"{option} option", value, [str(c) for c in choices])
+    raise ConfigError(f"{option}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}.")

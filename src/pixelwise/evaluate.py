@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from pixelwise.data import ClassInfo, DataError, SegmentationFolder
 from pixelwise.data.transforms import shift_image
 from pixelwise.errors import ConfigError, WeightsError
-from pixelwise.inference.tiling import forward_mirrored, is_valid_conv_model
 from pixelwise.inference.tta import tta_average, tta_transforms
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.instances.targets import TARGETS
@@ -27,6 +26,7 @@ from pixelwise.io import atomic_path, load_checkpoint
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, from_pretrained
 from pixelwise.models.base import CONFIG_NAME
+from pixelwise.models.geometry import forward_mirrored, uses_valid_convolution
 from pixelwise.models.registry import load_state
 from pixelwise.modes import IGNORE_INDEX
 from pixelwise.report import printable
@@ -68,7 +68,7 @@ class LoadedModel:
         The image is first shifted by ``mask_offset`` (as in training); a model trained at ``scale``
         sees the image resized by it; its scores are upsampled back.
         A valid-convolution model (UNet2015) predicts the mirror-padded image, see
-        :func:`~pixelwise.inference.tiling.forward_mirrored`.
+        :func:`~pixelwise.models.geometry.forward_mirrored`.
         With ``tta`` (``"hflip"``, ``"flips"`` or ``"d4"``, see :mod:`pixelwise.inference.tta`) the probabilities
         of the transformed copies are averaged, and the logits returned are those of the average
         (log-probabilities, or the logit of a one-channel model), so that ``probabilities`` and
@@ -91,7 +91,7 @@ class LoadedModel:
             batch = F.interpolate(batch, size=scaled, mode="bilinear", antialias=True)
         model = self.model.eval()
         # a valid-convolution model (UNet2015) sees the image mirror-padded by its border, as the paper tiles
-        logits = (forward_mirrored(model, batch, model) if is_valid_conv_model(model) else model(batch)).float()
+        logits = (forward_mirrored(model, batch, model) if uses_valid_convolution(model) else model(batch)).float()
         if self.scale != 1:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits.cpu()

@@ -24,8 +24,10 @@ from urllib.parse import quote
 
 import numpy as np
 
+from pixelwise._version import __version__
 from pixelwise.errors import ConfigError
 from pixelwise.io import atomic_path
+from pixelwise.viz import CORRECT_COLOR, ERROR_COLOR, IGNORE_COLOR, number
 
 REPORT_NAME = "report.html"
 MISSING = "—"
@@ -184,8 +186,6 @@ def write_report(
         items = "".join(f"<li>{_esc(line)}</li>\n" for line in notes)
         sections.append(f'<section id="notes">\n<h2>Notes</h2>\n<ul class="notes">\n{items}</ul>\n</section>')
 
-    from pixelwise import __version__
-
     page = (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -226,13 +226,13 @@ def _per_class_section(metrics: Mapping[str, Any], names: list[str], palette: np
     any_missing = False
     for k, name in enumerate(names):
         cells = ""
-        absent = all(not math.isfinite(_float(metrics[key][k])) for key, _ in columns) and bool(columns)
+        absent = all(not math.isfinite(number(metrics[key][k])) for key, _ in columns) and bool(columns)
         if palette is not None:
             r, g, b = (int(c) for c in np.asarray(palette)[k][:3])
             cells += f'<td class="swatch-cell"><span class="swatch" style="background:rgb({r},{g},{b})"></span></td>'
         cells += f'<td class="name">{_esc(name)}</td>'
         for key, _ in columns:
-            value = _float(metrics[key][k])
+            value = number(metrics[key][k])
             any_missing |= not math.isfinite(value)
             cells += _value_cell(value, bar=key == "iou")
         if support is not None:
@@ -265,8 +265,6 @@ def _figure(src: str, alt: str, caption: str, extra: str = "") -> str:
 
 def _gallery_section(gallery: Sequence[Mapping[str, Any]], out_dir: Path, images: int | None = None) -> str:
     """The gallery of panels, under a line saying how many of the ``images`` evaluated it shows."""
-    from pixelwise.viz import CORRECT_COLOR, ERROR_COLOR, IGNORE_COLOR
-
     labels = "".join(f"<span>{c}</span>" for c in PANEL_COLUMNS)
     columns = f'<div class="columns" aria-hidden="true">{labels}</div>'
     figures = []
@@ -387,21 +385,14 @@ def _esc(text: Any) -> str:
     return html.escape(printable(text), quote=True)
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _fmt(value: Any) -> str:
-    number = _float(value)
-    return f"{number:.{DECIMALS}f}" if math.isfinite(number) else MISSING
+    x = number(value)
+    return f"{x:.{DECIMALS}f}" if math.isfinite(x) else MISSING
 
 
 def _fmt_count(value: Any) -> str:
-    number = _float(value)
-    return f"{int(number):,}" if math.isfinite(number) else MISSING
+    x = number(value)
+    return f"{int(x):,}" if math.isfinite(x) else MISSING
 
 
 def _fmt_any(value: Any) -> str:

@@ -1,5 +1,9 @@
 """Pictures: colour palettes, label colouring, overlays, image | truth | prediction | error panels,
-training curves and confusion matrices. Everything returns uint8 arrays or writes PNG files."""
+training curves and confusion matrices. Everything returns uint8 arrays or writes PNG files.
+
+Plots are drawn on ``matplotlib.figure.Figure`` objects and saved with ``Figure.savefig`` (which picks
+the Agg canvas for PNG by itself): no pyplot, no ``matplotlib.use``, so a notebook's backend and its
+list of open figures are left alone."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pixelwise.data.classes import default_palette as classes_palette
 from pixelwise.io import atomic_path
 from pixelwise.modes import IGNORE_INDEX
 
@@ -19,15 +24,15 @@ CORRECT_COLOR = (40, 40, 40)
 
 
 def default_palette(num_classes: int) -> np.ndarray:
-    """``[K, 3]`` uint8 colours: background black, then well-separated hues (golden-angle steps)."""
-    colors = [(0, 0, 0)]
-    for k in range(1, num_classes):
-        hue = (k * 0.618033988749895) % 1.0
-        colors.append(_hsv_to_rgb(hue, 0.75, 0.95))
-    return np.array(colors[:num_classes], dtype=np.uint8)
+    """The class colours of :func:`pixelwise.data.classes.default_palette` (the Pascal VOC map) as ``[K, 3]`` uint8.
+
+    The one default palette: written masks, overlays, panels and reports colour class ``k`` alike.
+    """
+    return np.asarray(classes_palette(num_classes), dtype=np.uint8).reshape(-1, 3)
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    """``(r, g, b)`` 0..255 of a hue, saturation and value in [0, 1] (colours of object ids, not classes)."""
     i = int(h * 6) % 6
     f = h * 6 - int(h * 6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
@@ -100,16 +105,14 @@ def save_png(array: np.ndarray, path: str | Path) -> None:
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Loss and mIoU per epoch (train and val) from ``metrics.csv`` rows, as a PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    fig = Figure(figsize=(9, 3.4), dpi=100)
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "miou"), strict=True):
         for stage, style in (("train", "-"), ("val", "-o")):
             # validation may skip epochs (it is kept to a share of the time): join the epochs it has
-            points = [(int(r["epoch"]), _number(r.get(f"{stage}_{key}_epoch", r.get(f"{stage}_{key}")))) for r in rows]
+            points = [(int(r["epoch"]), number(r.get(f"{stage}_{key}_epoch", r.get(f"{stage}_{key}")))) for r in rows]
             points = [(epoch, value) for epoch, value in points if math.isfinite(value)]
             if points:
                 ax.plot(*zip(*points, strict=True), style, label=stage, markersize=3)
@@ -121,10 +124,10 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
-def _number(value: Any) -> float:
+def number(value: Any) -> float:
+    """``float(value)``, or NaN for None, an empty CSV cell or other text that is not a number."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -133,16 +136,14 @@ def _number(value: Any) -> float:
 
 def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | Path) -> None:
     """Row-normalised confusion matrix (rows: truth, columns: prediction) as a PNG heat map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     size = max(3.5, 0.45 * len(names) + 1.5)
-    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
+    fig = Figure(figsize=(size + 1, size), dpi=100)
+    ax = fig.subplots()
     im = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -165,4 +166,3 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | Path) -
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)

@@ -40,7 +40,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.errors import ConfigError, DataError
 from pixelwise.modes import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -73,10 +73,6 @@ IMAGE_READ_ERRORS = (
 )
 """What decoding a damaged image file raises (Pillow, tifffile, zlib, NumPy), found by feeding them corrupted
 files (tests/test_fuzz_inputs.py); :func:`read_error` turns each into a DataError naming the file."""
-
-
-class DataError(PixelwiseError):
-    """A data folder or file pixelwise cannot use: missing, unreadable, or inconsistent (names the file and the fix)."""
 
 
 def _listing(items: list[str], limit: int = MAX_LISTED) -> str:

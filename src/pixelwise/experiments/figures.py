@@ -1,6 +1,8 @@
 """A study's figures: bar charts with seed spread, and one validation image predicted by every variant.
 
 Figures are small PNGs (≤ about 100 kB): drawn at 100 dpi, then stored with an adaptive 128-colour palette.
+They are ``matplotlib.figure.Figure`` objects, never pyplot ones: drawing a figure changes no backend and
+leaves no figure open.
 """
 
 from __future__ import annotations
@@ -13,31 +15,19 @@ from typing import Any
 import numpy as np
 
 from pixelwise.experiments.base import Study
-from pixelwise.experiments.results import number
 from pixelwise.io import atomic_path
-from pixelwise.viz import colorize, to_rgb
+from pixelwise.viz import colorize, number, to_rgb
 
 COLOURS = 128
 """Palette size of the stored PNGs: plots use a handful of colours, gray EM images survive 128 levels."""
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig: Any, path: str | Path) -> None:
     """Save a figure as a palette PNG (the plots have few colours; photos and EM images survive 128 well enough)."""
     from PIL import Image
 
-    plt = _pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     buffer.seek(0)
     image = Image.open(buffer).convert("RGB").quantize(COLOURS, method=Image.Quantize.MEDIANCUT)
     with atomic_path(path) as tmp:
@@ -49,12 +39,16 @@ def bar_chart(study: Study, rows: Sequence[dict[str, Any]], path: str | Path) ->
 
     Variants with a ``group`` are drawn as grouped bars (x = group, colour = variant label).
     """
-    plt = _pyplot()
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
     metrics = [*study.metrics, *[m for m in study.extra_columns if m.key in ("params", "ms_per_image")]]
     groups = list(dict.fromkeys(v.group for v in study.variants))
     labels = list(dict.fromkeys(v.title for v in study.variants))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 + 2.4 * len(metrics), 3.0), squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(2.2 + 2.4 * len(metrics), 3.0))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
+    colors = colormaps["tab10"].colors
     width = 0.8 / (len(labels) if groups != [None] else 1)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for v in study.variants:
@@ -81,7 +75,7 @@ def bar_chart(study: Study, rows: Sequence[dict[str, Any]], path: str | Path) ->
         ax.tick_params(labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     if groups != [None]:
-        handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i % len(colors)], alpha=0.8) for i in range(len(labels))]
+        handles = [Rectangle((0, 0), 1, 1, color=colors[i % len(colors)], alpha=0.8) for i in range(len(labels))]
         fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(labels))
     fig.suptitle(f"{study.name}: mean ± s.d. over seeds (dots: single runs)", fontsize=9, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
@@ -110,13 +104,15 @@ def sample_panel(
         image: ``[C, H, W]`` float in [0, 1]; target: ``[H, W]`` class ids; predictions: variant name →
             ``[H, W]`` class ids; palette: ``[K, 3]`` uint8.
     """
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     groups = list(dict.fromkeys(v.group for v in study.variants))
     columns = max(sum(v.group == g for v in study.variants) for g in groups) + 2
     height, width = _crop(target, study.panel_crop).shape
     tile, title_space = 2.1, 0.3  # inches at 100 dpi: a 192-pixel crop is shown without dropping rows
     size = (tile * columns, (tile * height / width + title_space) * len(groups))
-    fig, axes = plt.subplots(len(groups), columns, figsize=size, squeeze=False)
+    fig = Figure(figsize=size)
+    axes = fig.subplots(len(groups), columns, squeeze=False)
     for index, (row, group) in enumerate(zip(axes, groups, strict=True)):
         # image and truth once, in the first row: repeating them would only make the PNG bigger
         tiles = (

@@ -16,7 +16,7 @@ import torch
 from pixelwise.experiments.base import Stat, Study, Summary, Verdict
 from pixelwise.experiments.scoring import column_name
 from pixelwise.io import atomic_path
-from pixelwise.viz import default_palette
+from pixelwise.viz import default_palette, number  # number: runner.py reads it from here
 
 if TYPE_CHECKING:
     from pixelwise.experiments.runner import StudyOptions
@@ -42,13 +42,6 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def stat(values: Sequence[float]) -> Stat:

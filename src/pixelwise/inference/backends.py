@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 
 from pixelwise.errors import ConfigError
 from pixelwise.inference.fuse import fold_batchnorm
-from pixelwise.inference.tiling import is_valid_conv_model
+from pixelwise.models.geometry import ValidGeometry, uses_valid_convolution
 
 BACKENDS = ("torch", "onnxruntime")
 FOLD_EXAMPLE_SIZE = 64
@@ -44,7 +43,7 @@ class ResolvedModel:
     scale: float | None = None
     classes: Any = None
     geometry: Any = None
-    """An object with UNet2015's ``valid_input_size``/``output_size``/``border``/``depth``, or None."""
+    """A valid-convolution model or its :class:`~pixelwise.models.geometry.ValidGeometry`, or None."""
     owned: bool = False
     """The module was loaded here (from a path), so it may be changed in place instead of copied."""
     mask_offset: tuple[float, float] = (0.0, 0.0)
@@ -75,7 +74,7 @@ def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
         loaded_here = True
     if isinstance(model, LoadedModel):
         module = model.model
-        geometry = module if is_valid_conv_model(module) else None
+        geometry = module if uses_valid_convolution(module) else None
         mean, std = model.mean.flatten(), model.std.flatten()
         return ResolvedModel(
             module, None, mean, std, model.scale, model.classes, geometry, loaded_here, model.mask_offset
@@ -85,14 +84,13 @@ def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
             f"cannot predict with a {type(model).__name__}; pass a model (any callable [N, C, H, W] → "
             "[N, K, H, W] logits), a run directory, a save_pretrained directory or an .onnx file."
         )
-    return ResolvedModel(model, geometry=model if is_valid_conv_model(model) else None)
+    return ResolvedModel(model, geometry=model if uses_valid_convolution(model) else None)
 
 
 def _resolve_onnx(path: Path) -> ResolvedModel:
     """An ``.onnx`` file and what ``pixelwise export`` stored with it (nothing for other files)."""
     from pixelwise.data import ClassInfo
     from pixelwise.inference.onnx_runtime import OnnxModel
-    from pixelwise.models import UNet2015
 
     model = OnnxModel(path)
     meta = model.metadata
@@ -105,13 +103,8 @@ def _resolve_onnx(path: Path) -> ResolvedModel:
     classes = ClassInfo(list(names), list(range(len(names)))) if names else None
     geometry = None
     if meta.get("valid_convolution") is True:
-        depth = int(meta.get("architecture", {}).get("options", {}).get("depth", 4))
-        geometry = SimpleNamespace(
-            depth=depth,
-            border=lambda: UNet2015.border(depth),
-            valid_input_size=lambda n: UNet2015.valid_input_size(n, depth),
-            output_size=lambda n: UNet2015.output_size(n, depth),
-        )
+        architecture = meta.get("architecture", {})
+        geometry = ValidGeometry.of(architecture.get("arch", ""), architecture.get("options", {}))
     scale = float(meta["scale"]) if "scale" in meta else None
     offset = meta.get("mask_offset")
     # a raw-image graph shifts its input itself; a float graph leaves it to the Predictor
@@ -158,7 +151,7 @@ def _strip_activation(module: nn.Module) -> nn.Module:
 def _example(module: nn.Module, in_channels: int | None) -> torch.Tensor | None:
     if in_channels is None:
         return None
-    size = module.valid_input_size(1) if is_valid_conv_model(module) else FOLD_EXAMPLE_SIZE
+    size = module.valid_input_size(1) if uses_valid_convolution(module) else FOLD_EXAMPLE_SIZE
     size = max(size, getattr(module, "input_multiple", 1))
     parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None else "cpu"
@@ -189,7 +182,7 @@ def prepare(
     module = _strip_activation(module).to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    forward = module.forward_valid if is_valid_conv_model(module) and hasattr(module, "forward_valid") else module
+    forward = module.forward_valid if uses_valid_convolution(module) else module
     return torch.compile(forward) if compile else forward
 
 

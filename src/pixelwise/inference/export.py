@@ -30,9 +30,10 @@ from torch import nn
 from pixelwise.errors import ConfigError
 from pixelwise.inference import export_check as check
 from pixelwise.inference.export_check import DEFAULT_TOLERANCE, ExportError
-from pixelwise.inference.exportable import ExportableModel, RawImageModel, exportable_copy, is_valid_conv, traceable_ops
+from pixelwise.inference.exportable import ExportableModel, RawImageModel, exportable_copy
 from pixelwise.inference.quantize import quantize_int8
 from pixelwise.io import atomic_path
+from pixelwise.models.geometry import uses_valid_convolution
 
 __all__ = ["DEFAULT_OPSET", "ExportError", "ExportReport", "export_onnx", "export_torchscript", "quantize_int8"]
 
@@ -77,11 +78,11 @@ class ExportReport:
 
 @contextmanager
 def _tracing() -> Iterator[None]:
-    """Trace with the branch-free ops, without the tracer's notes on Python values (the forms in
+    """Trace without the tracer's notes on Python values (the forms in
     :mod:`~pixelwise.inference.exportable` make them safe, and verification checks the result)
     and without the notices that the tracing exporters are deprecated (the module notes say why
     they are used)."""
-    with warnings.catch_warnings(), traceable_ops():
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*will be removed", category=DeprecationWarning)
@@ -95,7 +96,7 @@ def _tracing() -> Iterator[None]:
 def _graph(module: nn.Module, info: dict[str, Any], raw: bool) -> nn.Module:
     if not raw:
         return ExportableModel(exportable_copy(module)).eval()
-    if is_valid_conv(module):
+    if uses_valid_convolution(module):
         raise ConfigError(
             f"with_preprocessing needs an output as large as the input, but {type(module).__name__} uses valid "
             "convolutions; export it without preprocessing and predict with pixelwise.Predictor."

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.inference.exportable import UINT8_MAX, is_valid_conv
+from pixelwise.errors import ConfigError, ExportError
+from pixelwise.inference.exportable import UINT8_MAX
+from pixelwise.models.geometry import uses_valid_convolution
 
 DEFAULT_TOLERANCE = 1e-4
 """Largest accepted difference between the exported model's and PyTorch's fp32 outputs, in units of
@@ -27,10 +28,6 @@ VERIFY_BATCH = 2
 """Batch size of the verification input: checks that the batch axis is dynamic too."""
 RAW = "uint8-raw"
 FLOAT = "float-normalised"
-
-
-class ExportError(PixelwiseError, RuntimeError):
-    """An exported model that does not reproduce the PyTorch model (the message gives the difference)."""
 
 
 def import_optional(name: str) -> Any:
@@ -84,7 +81,7 @@ def resolve(model: Any, in_channels: int | None, mean: Any, std: Any) -> tuple[n
 
 def metadata(model: nn.Module, info: dict[str, Any], raw: bool) -> dict[str, str]:
     """The string key/value pairs stored with the export (ONNX ``metadata_props``, TorchScript extra file)."""
-    from pixelwise import __version__
+    from pixelwise._version import __version__
 
     activation = getattr(model, "activation", nn.Identity())
     plain = raw or isinstance(activation, nn.Identity)
@@ -103,13 +100,13 @@ def metadata(model: nn.Module, info: dict[str, Any], raw: bool) -> dict[str, str
         "output": "labels" if raw else ("logits" if plain else "scores"),
         "activation": "none" if plain else type(activation).__name__,
         "input_multiple": str(getattr(model, "input_multiple", 1)),
-        "valid_convolution": json.dumps(is_valid_conv(model)),
+        "valid_convolution": json.dumps(uses_valid_convolution(model)),
     }
 
 
 def sizes(model: nn.Module, sample_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """The traced sample's ``(H, W)`` and a different verification size (not a multiple of the stride)."""
-    if is_valid_conv(model):
+    if uses_valid_convolution(model):
         step = 2 ** int(model.depth)
         sample = (model.valid_input_size(sample_size[0]), model.valid_input_size(sample_size[1]))
         return sample, (model.valid_input_size(sample[0] + 1), model.valid_input_size(sample[1] + step + 1))

@@ -19,9 +19,8 @@ argmax in front of and behind the network, for deployments that only have raw pi
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +28,11 @@ from torch import nn
 
 from pixelwise.data.transforms import shift_image
 from pixelwise.models.base import SegmentationModel
+from pixelwise.models.geometry import uses_valid_convolution
+from pixelwise.models.segnet import unpool_first_maximum  # noqa: F401  (kept importable from here)
 
 UINT8_MAX = 255.0
 """Raw 8-bit pixel values are divided by this to land in [0, 1], as the training data loader does."""
-
-
-def is_valid_conv(model: nn.Module) -> bool:
-    """Whether ``model`` is an unpadded (valid-convolution) network whose output is smaller than its input."""
-    return isinstance(model, SegmentationModel) and hasattr(model, "forward_valid")
 
 
 class ExportableModel(nn.Module):
@@ -58,7 +54,7 @@ class ExportableModel(nn.Module):
         self.model = model
         self.segmentation = isinstance(model, SegmentationModel)
         self.multiple = int(getattr(model, "input_multiple", 1)) if self.segmentation else 1
-        self.valid_conv = is_valid_conv(model)
+        self.valid_conv = uses_valid_convolution(model)
         self.apply_activation = activation
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,22 +105,6 @@ class AdaptiveAvgPoolMatrix(nn.Module):
         return rows @ x @ cols.transpose(0, 1)
 
 
-def unpool_first_maximum(x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    """SegNet's unpooling without indices: ``x`` goes to the first maximum of each 2×2 window of ``feature``.
-
-    ``max_pool2d`` scans a window row by row and keeps the first maximum, so this places every
-    value exactly where ``max_unpool2d`` with those indices would (ties included).
-
-    Shape: ``x [N, C, H/2, W/2]``, ``feature [N, C, H, W]`` (H, W even) → ``[N, C, H, W]``.
-    """
-    n, c, h, w = x.shape
-    windows = F.pixel_unshuffle(feature, 2).reshape(n, c, 4, h, w)  # the 4 window positions, row-major
-    is_max = windows == windows.amax(dim=2, keepdim=True)
-    first = is_max & (torch.cumsum(is_max.to(torch.int32), dim=2) == 1)
-    placed = torch.where(first, x[:, :, None], torch.zeros_like(x)[:, :, None])
-    return F.pixel_shuffle(placed.reshape(n, c * 4, h, w), 2)
-
-
 def exportable_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with adaptive pools replaced by :class:`AdaptiveAvgPoolMatrix`."""
     model = copy.deepcopy(model).eval()
@@ -138,33 +118,6 @@ def exportable_copy(model: nn.Module) -> nn.Module:
             if bins != (1, 1) and all(isinstance(b, int) for b in bins):
                 setattr(parent, name, AdaptiveAvgPoolMatrix(bins))
     return model
-
-
-def center_crop_traced(x: torch.Tensor, size: Sequence) -> torch.Tensor:
-    """:func:`~pixelwise.models.unet2015.center_crop` without ``int()``, so traced offsets follow the input.
-
-    Shape: ``[..., H, W] → [..., size[0], size[1]]``.
-    """
-    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
-    return x[..., top : top + size[0], left : left + size[1]]
-
-
-@contextlib.contextmanager
-def traceable_ops() -> Iterator[None]:
-    """Swap SegNet's index-based unpooling for :func:`unpool_first_maximum`, and the valid U-Net's
-    crop for :func:`center_crop_traced`, while tracing.
-
-    The decoders look these functions up in their modules at call time, so the swap reaches every
-    model; it is undone when the block ends (tracing is not meant to run concurrently).
-    """
-    from pixelwise.models import segnet, unet2015
-
-    originals = segnet.unpool_with_indices, unet2015.center_crop
-    segnet.unpool_with_indices, unet2015.center_crop = unpool_first_maximum, center_crop_traced
-    try:
-        yield
-    finally:
-        segnet.unpool_with_indices, unet2015.center_crop = originals
 
 
 def _resize_matrix(size_in: torch.Tensor | int, size_out: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelwise.data.transforms import shift_image
-from pixelwise.errors import ConfigError, InputSizeError, unknown_name
+from pixelwise.errors import ConfigError, InputSizeError, check_choice
 from pixelwise.inference import backends
 from pixelwise.inference.stitch import StitchOptions, iter_bands
 from pixelwise.inference.tiling import (
@@ -287,16 +287,6 @@ def _channel_vector(values: Any, device: torch.device) -> torch.Tensor:
 def _shown(option: str, value: Any) -> str:
     """``--tile -1`` for command-line options, ``tile_size=-1`` for Python arguments."""
     return f"{option} {value!r}" if option.startswith("--") else f"{option}={value!r}"
-
-
-def check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raise unless ``value`` is one of ``choices``.
-
-    Raises:
-        ConfigError: names ``option`` and the closest choices ("did you mean ...").
-    """
-    if value not in choices:
-        raise unknown_name(f"{option} option", str(value), choices)
 
 
 def check_int(option: str, value: Any, minimum: int, hint: str = "") -> None:

@@ -11,8 +11,8 @@ Two geometries, one :class:`AxisPlan` per image axis:
   the axis with the same overlap fraction and less computation: with a fixed tile, the padded
   length computed per image pixel jumps with the size (1024 px in 512 tiles at overlap 0.25 takes
   3 tiles, 1536 px of work; 3 tiles of 416 take 1248).
-- **Valid-convolution models** (:class:`pixelwise.UNet2015`, or anything with ``valid_input_size``,
-  ``output_size``, ``border`` and ``depth``): :func:`valid_axis` gives seamless output tiles whose
+- **Valid-convolution models** (:class:`pixelwise.UNet2015`: those whose class sets ``valid_convolution``,
+  see :mod:`pixelwise.models.geometry`): :func:`valid_axis` gives seamless output tiles whose
   input windows reach ``border`` pixels beyond them (mirror-padded outside the image) and start on
   the ``2**depth`` grid, where the network is shift-equivariant: tiled output equals one pass over
   the mirror-padded image.
@@ -25,7 +25,6 @@ or with a constant.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +34,7 @@ import torch
 from pixelwise.data.folder import scale_image
 from pixelwise.data.transforms import mirror_index
 from pixelwise.errors import ConfigError
+from pixelwise.models.geometry import forward_mirrored as forward_mirrored  # re-exported: its old home
 
 BLEND_MODES = ("gaussian", "linear", "none")
 PADDING_MODES = ("reflect", "constant")
@@ -129,6 +129,8 @@ def fit_tile(size: int, tile: int, overlap: float, multiple: int, margin: int = 
 def valid_axis(size: int, tile: int | None, model: Any) -> AxisPlan:
     """Seamless tiles for a valid-convolution model (UNet2015) along an axis of length ``size``.
 
+    ``model`` is the model or its :class:`~pixelwise.models.geometry.ValidGeometry`.
+
     The input tile is ``model.valid_input_size(tile)`` (at most what covers the whole axis, at least
     what gives an output of one ``2**depth`` step); output tiles start on multiples of the largest
     ``2**depth`` multiple that fits in the output tile, so every input window starts on the grid.
@@ -141,29 +143,6 @@ def valid_axis(size: int, tile: int | None, model: Any) -> AxisPlan:
     step = tile_out // unit * unit
     count = 1 if size <= tile_out else math.ceil((size - tile_out) / step) + 1
     return AxisPlan(size, tile_in, tile_out, border, tuple(i * step for i in range(count)))
-
-
-def is_valid_conv_model(model: Any) -> bool:
-    """Whether ``model`` has the valid-convolution tile geometry of :class:`pixelwise.UNet2015`."""
-    return all(hasattr(model, name) for name in ("valid_input_size", "output_size", "border", "depth"))
-
-
-def forward_mirrored(forward: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, model: Any) -> torch.Tensor:
-    """Whole-image scores of a valid-convolution model: one pass over the mirror-padded batch.
-
-    ``forward`` maps a valid-size input to scores ``border`` pixels smaller per side (the model itself,
-    or a wrapper that normalises first); ``model`` gives the geometry (``border``, ``valid_input_size``).
-    The input window starts ``border`` pixels before the image, on the ``2**depth`` grid, so this equals
-    overlap-tile prediction (:func:`valid_axis`) with mirror padding.
-
-    Shape: ``[N, C, H, W]`` → ``[N, K, H, W]``.
-    """
-    height, width = batch.shape[-2:]
-    border = model.border()
-    rows = mirror_index(-border, model.valid_input_size(height + 2 * border) - border, height)
-    cols = mirror_index(-border, model.valid_input_size(width + 2 * border) - border, width)
-    index_rows, index_cols = (torch.from_numpy(i).to(batch.device) for i in (rows, cols))
-    return forward(batch[..., index_rows, :][..., index_cols])[..., :height, :width]
 
 
 def check_margin(plan: AxisPlan, margin: int) -> None:

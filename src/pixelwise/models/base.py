@@ -186,6 +186,10 @@ class SegmentationModel(nn.Module):
     """
 
     arch_name: ClassVar[str] = ""
+    valid_convolution: ClassVar[bool] = False
+    """True for a model whose unpadded convolutions make its output smaller than its input (UNet2015): it
+    does not pad, and provides ``depth``, ``border()``, ``valid_input_size(n)``, ``output_size(n)`` and
+    ``forward_valid(x)`` instead (see :mod:`pixelwise.models.geometry`)."""
     input_multiple: int = 1
     in_channels: int
     classes: int
@@ -294,7 +298,7 @@ class SegmentationModel(nn.Module):
                 )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        from pixelwise import __version__
+        from pixelwise._version import __version__
 
         config = {"arch": self.arch_name, "options": options, "pixelwise_version": __version__}
         with atomic_path(directory / CONFIG_NAME) as tmp:

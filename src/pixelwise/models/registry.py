@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from pixelwise.errors import ConfigError, WeightsError, unknown_name
+from pixelwise.errors import ConfigError, WeightsError, check_choice, unknown_name  # noqa: F401  (architectures import check_choice from here)
 from pixelwise.io import load_weights
 from pixelwise.models.base import CONFIG_NAME, WEIGHTS_NAME, SegmentationModel
 
@@ -68,6 +68,15 @@ def model_options(arch: str) -> dict[str, Any]:
         for name, p in signature.parameters.items()
         if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
     }
+
+
+def takes_encoder(arch: str) -> bool:
+    """Whether ``arch`` is built on a timm encoder (its constructor takes ``encoder_name``).
+
+    Raises:
+        ConfigError: unknown architecture (the message lists the closest names).
+    """
+    return "encoder_name" in model_options(arch)
 
 
 def create_model(arch: str, **options: Any) -> SegmentationModel:
@@ -186,11 +195,3 @@ def _shorten(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters, with its type."""
     text = repr(value)
     return f"{type(value).__name__} {text[:limit]}{'...' if len(text) > limit else ''}"
-
-
-def check_choice(option: str, value: Any, choices: tuple) -> None:
-    """Raise a ConfigError naming ``option`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        if isinstance(value, str):
-            raise unknown_name(option, value, [str(c) for c in choices])
-        raise ConfigError(f"{option}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}.")

@@ -22,6 +22,7 @@ from pixelwise.errors import ConfigError
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.blocks import UPSAMPLING_MODES, ConvBnAct, SegmentationHead, make_activation, make_upsample
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
+from pixelwise.models.geometry import is_tracing
 from pixelwise.models.registry import check_choice, register_model
 
 
@@ -50,6 +51,22 @@ def unpool_with_indices(x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
             f"{list(feature.shape)}; expected {list(indices.shape)}."
         )
     return F.max_unpool2d(x, indices, 2, 2, output_size=feature.shape[-2:])
+
+
+def unpool_first_maximum(x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """SegNet's unpooling without indices: ``x`` goes to the first maximum of each 2×2 window of ``feature``.
+
+    ``max_pool2d`` scans a window row by row and keeps the first maximum, so this places every
+    value exactly where ``max_unpool2d`` with those indices would (ties included).
+
+    Shape: ``x [N, C, H/2, W/2]``, ``feature [N, C, H, W]`` (H, W even) → ``[N, C, H, W]``.
+    """
+    n, c, h, w = x.shape
+    windows = F.pixel_unshuffle(feature, 2).reshape(n, c, 4, h, w)  # the 4 window positions, row-major
+    is_max = windows == windows.amax(dim=2, keepdim=True)
+    first = is_max & (torch.cumsum(is_max.to(torch.int32), dim=2) == 1)
+    placed = torch.where(first, x[:, :, None], torch.zeros_like(x)[:, :, None])
+    return F.pixel_shuffle(placed.reshape(n, c * 4, h, w), 2)
 
 
 class SegNetDecoderStage(nn.Module):
@@ -90,7 +107,8 @@ class SegNetDecoderStage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, feature: torch.Tensor | None) -> torch.Tensor:
-        x = unpool_with_indices(self.project(x), feature) if self.unpools else self.upsample(x)
+        unpool = unpool_first_maximum if is_tracing() else unpool_with_indices  # same values, traceable
+        x = unpool(self.project(x), feature) if self.unpools else self.upsample(x)
         return self.convs(x)
 
 

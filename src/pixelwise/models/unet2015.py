@@ -22,6 +22,7 @@ from torch import nn
 from pixelwise.errors import ConfigError, InputSizeError
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.blocks import ConvBnAct, make_activation
+from pixelwise.models.geometry import center_crop
 from pixelwise.models.registry import register_model
 
 PAPER_DEPTH = 4
@@ -29,24 +30,6 @@ PAPER_DEPTH = 4
 
 _CONV_TRIM = 4
 """Pixels two unpadded 3×3 convolutions remove from a side length (2 per convolution)."""
-
-
-def center_crop(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """The central ``size = (height, width)`` window of ``x`` (``[..., H, W]``).
-
-    This is the "copy and crop" of the paper: the contracting path's feature is larger than the
-    upsampled one because its border pixels were lost to the unpadded convolutions on the way down
-    and up, so only its middle lines up with the expanding path.
-
-    Raises:
-        InputSizeError: ``size`` is larger than ``x`` in either dimension.
-    """
-    height, width = x.shape[-2:]
-    target_h, target_w = int(size[0]), int(size[1])
-    if target_h > height or target_w > width:
-        raise InputSizeError(f"cannot center-crop a {height}×{width} map to {target_h}×{target_w}")
-    top, left = (height - target_h) // 2, (width - target_w) // 2
-    return x[..., top : top + target_h, left : left + target_w]
 
 
 def _check_depth(depth: int) -> int:
@@ -165,6 +148,7 @@ class UNet2015(SegmentationModel):
         (388, 572, 92)
     """
 
+    valid_convolution = True  # the geometry below, see pixelwise.models.geometry
     input_multiple = 1  # never used: forward() does not pad, it validates the size instead
 
     def __init__(

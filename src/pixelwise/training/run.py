@@ -32,6 +32,7 @@ from pixelwise.data import ClassInfo, check_dataset, default_palette
 from pixelwise.errors import ConfigError
 from pixelwise.instances import BOUNDARY_CLASSES
 from pixelwise.io import atomic_path, load_checkpoint, remove_stale_temporaries
+from pixelwise.models.registry import takes_encoder
 from pixelwise.training.callbacks import EpochRecords, TimeBudget, TimeSplit, WeightEMA
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.data import SegmentationDataModule
@@ -72,7 +73,7 @@ class RunResult:
 
 
 def default_run_name(config: TrainConfig) -> str:
-    parts = [config.model, config.encoder if config.model.lower() != "unet2015" else None]
+    parts = [config.model, config.encoder if takes_encoder(config.model) else None]
     return "-".join(p for p in parts if p) + time.strftime("-%Y%m%d-%H%M%S")
 
 

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.inference.tiling import forward_mirrored, is_valid_conv_model
 from pixelwise.losses import get_loss
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
-from pixelwise.models.unet2015 import center_crop
+from pixelwise.models.geometry import center_crop, forward_mirrored, uses_valid_convolution
+from pixelwise.models.registry import takes_encoder
 
 STAGES = ("train", "val")
 
@@ -27,7 +27,7 @@ STAGES = ("train", "val")
 def build_model(config: dict[str, Any], in_channels: int, classes: int) -> SegmentationModel:
     """The pixelwise model a config describes (``model``, ``encoder``, ``model_options``)."""
     options = dict(config.get("model_options") or {})
-    if config.get("encoder") and config["model"].lower() != "unet2015":
+    if config.get("encoder") and takes_encoder(config["model"]):
         options.setdefault("encoder_name", config["encoder"])
         options.setdefault("encoder_weights", config.get("encoder_weights"))
     return create_model(config["model"], in_channels=in_channels, classes=classes, **options)
@@ -44,7 +44,7 @@ def training_tile(model: nn.Module, crop: int | None) -> tuple[int | None, int]:
     Raises:
         ConfigError: a valid-convolution model without a crop size.
     """
-    if not is_valid_conv_model(model):
+    if not uses_valid_convolution(model):
         return crop, 0
     if crop is None:
         raise ConfigError(
@@ -83,7 +83,7 @@ class SegmentationTask(L.LightningModule):
         self.model = build_model(config, in_channels, classes)
         self.memory_format = torch.channels_last if config.get("channels_last") else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.valid_conv = is_valid_conv_model(self.model)
+        self.valid_conv = uses_valid_convolution(self.model)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.loss = self.configure_loss()
