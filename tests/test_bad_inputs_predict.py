@@ -20,7 +20,7 @@ from pixelwise.cli import main
 from pixelwise.data.folder import DataError
 from pixelwise.errors import ConfigError
 from pixelwise.inference import Predictor
-from pixelwise.predict import predict_file
+from pixelwise.inference.files import predict_file
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,9 @@ def test_a_float_tiff_with_nan_fails_by_name_and_the_others_go_on(model_dir, ima
 
 
 def test_a_streamed_float_tiff_with_nan_fails_by_name(model_dir, tmp_path, monkeypatch, capsys):
-    import pixelwise.predict
+    import pixelwise.inference.files
 
-    monkeypatch.setattr(pixelwise.predict, "LARGE_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(pixelwise.inference.files, "LARGE_IMAGE_PIXELS", 100)
     image = np.random.default_rng(2).random((40, 48, 3), dtype=np.float32)
     image[30, 7] = np.nan
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(16, 16), photometric="rgb")

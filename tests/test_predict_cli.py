@@ -50,9 +50,9 @@ def test_predict_folder_writes_palette_masks_and_reports_the_broken_file(model_d
 
 
 def test_large_tiff_is_streamed_to_a_tiled_tiff(model_dir, tmp_path, monkeypatch, capsys):
-    import pixelwise.predict
+    import pixelwise.inference.files
 
-    monkeypatch.setattr(pixelwise.predict, "LARGE_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(pixelwise.inference.files, "LARGE_IMAGE_PIXELS", 1000)
     image = np.random.default_rng(1).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(32, 32))
     out = tmp_path / "out"

@@ -452,7 +452,7 @@ def test_class_weightings_are_validated():
 
 
 def test_train_help_comes_from_the_config_docstrings():
-    from pixelwise.training.cli_args import field_help
+    from pixelwise.cli.train import field_help
 
     helps = field_help()
     assert "median-frequency" in helps["class_weights"]
@@ -462,7 +462,7 @@ def test_train_help_comes_from_the_config_docstrings():
 def test_list_options_parse_from_the_command_line():
     import argparse
 
-    from pixelwise.training.cli_args import add_train_arguments
+    from pixelwise.cli.train import add_train_arguments
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
@@ -478,7 +478,7 @@ def test_list_options_parse_from_the_command_line():
 def test_file_selections_parse_from_the_command_line(text, expected):
     import argparse
 
-    from pixelwise.training.cli_args import add_train_arguments
+    from pixelwise.cli.train import add_train_arguments
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

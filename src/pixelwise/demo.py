@@ -16,6 +16,8 @@ import torch
 
 from pixelwise.training.config import TrainConfig
 
+DEMO_OUT = "outputs/demo"
+"""Where :func:`run_demo` (and ``pixelwise demo``) writes its data, run, report and predictions."""
 DEMO_DATA = {"kind": "cells", "n_train": 48, "n_val": 12, "n_test": 4, "size": 256, "seed": 0}
 DEMO_TRAINING = {
     "model": "unet",
@@ -34,9 +36,7 @@ DEMO_TRAINING = {
 }
 
 
-def run_demo(
-    out: str | Path = "outputs/demo", max_minutes: float | None = None, progress: bool = True
-) -> dict[str, Any]:
+def run_demo(out: str | Path = DEMO_OUT, max_minutes: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out``; return the validation metrics (also in ``out/metrics.json``)."""
     from pixelwise.data.synthetic import write_synthetic
     from pixelwise.evaluate import evaluate, load_model

@@ -23,8 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pixelwise.bundle import ModelBundle
 from pixelwise.errors import ConfigError
 from pixelwise.inference.fuse import fold_batchnorm
+from pixelwise.inference.loaded import LoadedModel, load_model
 from pixelwise.models.geometry import ValidGeometry, uses_valid_convolution
 
 BACKENDS = ("torch", "onnxruntime")
@@ -57,7 +59,6 @@ def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
         ConfigError: missing path, an ``.onnx`` file without ``backend="onnxruntime"``, int8 without
             it, or something that is not callable.
     """
-    from pixelwise.evaluate import LoadedModel, load_model
 
     loaded_here = False
     if precision == "int8" and backend != "onnxruntime":
@@ -89,27 +90,25 @@ def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
 
 def _resolve_onnx(path: Path) -> ResolvedModel:
     """An ``.onnx`` file and what ``pixelwise export`` stored with it (nothing for other files)."""
-    from pixelwise.data import ClassInfo
     from pixelwise.inference.onnx_runtime import OnnxModel
 
     model = OnnxModel(path)
     meta = model.metadata
+    bundle = ModelBundle.from_onnx_metadata(meta, source=f"the metadata of {str(path)!r}")
     channels = model.in_channels or 1
+    # a key the file lacks (an ONNX file not exported by pixelwise) is left to the Predictor's arguments
     mean, std = (
-        None if meta.get(key) is None else torch.as_tensor(meta[key], dtype=torch.float32).expand(channels)
-        for key in ("mean", "std")
+        None if meta.get(key) is None else torch.as_tensor(values, dtype=torch.float32).expand(channels)
+        for key, values in (("mean", bundle.preprocessing.mean), ("std", bundle.preprocessing.std))
     )
-    names = meta.get("classes")
-    classes = ClassInfo(list(names), list(range(len(names)))) if names else None
     geometry = None
-    if meta.get("valid_convolution") is True:
-        architecture = meta.get("architecture", {})
+    if bundle.graph.get("valid_convolution") is True:
+        architecture = bundle.architecture or {}
         geometry = ValidGeometry.of(architecture.get("arch", ""), architecture.get("options", {}))
-    scale = float(meta["scale"]) if "scale" in meta else None
-    offset = meta.get("mask_offset")
+    scale = bundle.preprocessing.scale if "scale" in meta else None
     # a raw-image graph shifts its input itself; a float graph leaves it to the Predictor
-    offset = (0.0, 0.0) if offset is None or model.raw else tuple(float(v) for v in offset)
-    return ResolvedModel(model, path, mean, std, scale, classes, geometry, mask_offset=offset)
+    offset = (0.0, 0.0) if model.raw else bundle.preprocessing.mask_offset
+    return ResolvedModel(model, path, mean, std, scale, bundle.classes, geometry, mask_offset=offset)
 
 
 def default_device(resolved: ResolvedModel, backend: str) -> torch.device:

@@ -7,7 +7,6 @@ or ``save_pretrained`` directory) into a module and its normalisation, scale and
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from pixelwise.bundle import FLOAT as FLOAT  # re-exported: the ONNX input formats
+from pixelwise.bundle import RAW as RAW
+from pixelwise.bundle import ModelBundle, Preprocessing
+from pixelwise.data import ClassInfo
 from pixelwise.errors import ConfigError, ExportError
 from pixelwise.inference.exportable import UINT8_MAX
+from pixelwise.inference.loaded import LoadedModel, load_model
 from pixelwise.models.geometry import uses_valid_convolution
 
 DEFAULT_TOLERANCE = 1e-4
@@ -26,8 +30,6 @@ DEFAULT_TOLERANCE = 1e-4
 with the values; an untrained ResNet-34 U-Net gives logits near 100 and differences near 2e-4)."""
 VERIFY_BATCH = 2
 """Batch size of the verification input: checks that the batch axis is dynamic too."""
-RAW = "uint8-raw"
-FLOAT = "float-normalised"
 
 
 def import_optional(name: str) -> Any:
@@ -53,7 +55,6 @@ def resolve(model: Any, in_channels: int | None, mean: Any, std: Any) -> tuple[n
     Raises:
         ConfigError: a missing path, a module without ``in_channels``, or a wrong number of mean/std values.
     """
-    from pixelwise.evaluate import LoadedModel, load_model
 
     info: dict[str, Any] = {"scale": 1.0, "mask_offset": [0.0, 0.0], "classes": None, "mean": None, "std": None}
     if isinstance(model, (str, os.PathLike)):
@@ -80,28 +81,16 @@ def resolve(model: Any, in_channels: int | None, mean: Any, std: Any) -> tuple[n
 
 
 def metadata(model: nn.Module, info: dict[str, Any], raw: bool) -> dict[str, str]:
-    """The string key/value pairs stored with the export (ONNX ``metadata_props``, TorchScript extra file)."""
-    from pixelwise._version import __version__
-
-    activation = getattr(model, "activation", nn.Identity())
-    plain = raw or isinstance(activation, nn.Identity)
-    config = {"arch": getattr(model, "arch_name", type(model).__name__), "options": getattr(model, "config", {})}
-    return {
-        "pixelwise_version": __version__,
-        "architecture": json.dumps(config, default=str),
-        "classes": json.dumps(info["classes"]),
-        "in_channels": str(info["in_channels"]),
-        "mean": json.dumps(info["mean"]),
-        "std": json.dumps(info["std"]),
-        "scale": repr(float(info["scale"])),
-        "mask_offset": json.dumps(info["mask_offset"]),
-        "input_format": RAW if raw else FLOAT,
-        "input_layout": "NCHW",
-        "output": "labels" if raw else ("logits" if plain else "scores"),
-        "activation": "none" if plain else type(activation).__name__,
-        "input_multiple": str(getattr(model, "input_multiple", 1)),
-        "valid_convolution": json.dumps(uses_valid_convolution(model)),
-    }
+    """The string key/value pairs stored with the export (ONNX ``metadata_props``, TorchScript extra file):
+    :meth:`ModelBundle.to_onnx_metadata <pixelwise.bundle.ModelBundle.to_onnx_metadata>` of ``model``
+    with the facts :func:`resolve` found."""
+    names = info["classes"]
+    classes = ClassInfo(list(names), list(range(len(names)))) if names else None
+    preprocessing = Preprocessing(
+        mean=info["mean"], std=info["std"], scale=info["scale"], mask_offset=tuple(info["mask_offset"])
+    )
+    bundle = ModelBundle(model, preprocessing, classes, in_channels=info["in_channels"])
+    return bundle.to_onnx_metadata(raw)
 
 
 def sizes(model: nn.Module, sample_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -126,8 +115,6 @@ def reference(model: nn.Module, info: dict[str, Any], x: torch.Tensor, raw: bool
     if not raw:
         with torch.inference_mode():
             return model(x).float()
-    from pixelwise.data import ClassInfo
-    from pixelwise.evaluate import LoadedModel
 
     shape = (1, -1, 1, 1)
     mean, std = torch.tensor(info["mean"]).view(shape), torch.tensor(info["std"]).view(shape)

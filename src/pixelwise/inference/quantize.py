@@ -23,6 +23,8 @@ import torch
 from pixelwise.errors import ConfigError
 from pixelwise.io import atomic_path
 
+CALIBRATION_LIMIT = 32
+"""At most this many images of a calibration folder are used to calibrate int8 quantization."""
 SYNTHETIC_SAMPLES = 8
 """Random calibration inputs used when no images are given."""
 SYNTHETIC_SIZE = (256, 256)

@@ -3,10 +3,11 @@
 Semantic segmentation labels pixels; counting cells, buildings or cars needs each object separately.
 This package goes from a network's class probabilities to a list of separated, measured objects:
 
-- training targets (:mod:`~pixelwise.instances.weights`, :mod:`~pixelwise.instances.targets`): the U-Net
-  border weight map :func:`unet_weight_map`, separation gaps between touching objects, the three-class
-  :func:`boundary_target`, and :func:`training_targets`, which the training data path applies to
-  every augmented crop (``pixelwise train --loss-weight-map unet`` / ``--target boundary``);
+- training targets, re-exported here from the data layer (:mod:`~pixelwise.data.weights`,
+  :mod:`~pixelwise.data.targets`: training reads them there, below it, not from this post-processing
+  package): the U-Net border weight map :func:`unet_weight_map`, separation gaps between touching
+  objects, the three-class :func:`boundary_target`, and :func:`training_targets`, which the training
+  data path applies to every augmented crop (``pixelwise train --loss-weight-map unet`` / ``--target boundary``);
 - post-processing (:mod:`~pixelwise.instances.postprocess`): :func:`to_instances` by connected
   components or marker-controlled watershed;
 - objects (:mod:`~pixelwise.instances.objects`, :mod:`~pixelwise.instances.outputs`): :func:`objects`
@@ -18,6 +19,15 @@ This package goes from a network's class probabilities to a list of separated, m
 Instance labels are ``int32 [H, W]``, 0 = background, one positive id per object.
 """
 
+from pixelwise.data.targets import BOUNDARY_CLASSES, TARGETS, TargetOptions, training_targets
+from pixelwise.data.weights import (
+    boundary_target,
+    class_balance_weights,
+    instances_from_mask,
+    separate_touching,
+    two_nearest_distances,
+    unet_weight_map,
+)
 from pixelwise.instances.metrics import IOU_THRESHOLDS, InstanceScores, instance_metrics, iou_matrix, match
 from pixelwise.instances.objects import encode_polygons, encode_rle, has_pycocotools, objects
 from pixelwise.instances.outputs import (
@@ -29,15 +39,6 @@ from pixelwise.instances.outputs import (
 )
 from pixelwise.instances.postprocess import class_map, clean_instances, relabel, semantic_probs, to_instances
 from pixelwise.instances.scoring import InstanceScorer, default_method
-from pixelwise.instances.targets import BOUNDARY_CLASSES, TARGETS, TargetOptions, training_targets
-from pixelwise.instances.weights import (
-    boundary_target,
-    class_balance_weights,
-    instances_from_mask,
-    separate_touching,
-    two_nearest_distances,
-    unet_weight_map,
-)
 
 __all__ = [
     "BOUNDARY_CLASSES",

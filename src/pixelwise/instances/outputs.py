@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelwise.bundle import PREPROCESSING_DEFAULTS, PREPROCESSING_NAME, Preprocessing, read_preprocessing
 from pixelwise.errors import unknown_name
 from pixelwise.instances.objects import ENCODINGS, encode_polygons, encode_rle, has_pycocotools, objects
 from pixelwise.instances.postprocess import class_map, semantic_probs, to_instances
@@ -157,15 +158,14 @@ def model_instance_settings(model: str | os.PathLike) -> dict[str, Any]:
     ``.onnx`` file, from the ``preprocessing.json`` beside it; ``semantic`` and 0 when there is none.
 
     Raises:
-        WeightsError: that ``preprocessing.json`` is damaged (see :func:`pixelwise.evaluate.read_preprocessing`).
+        WeightsError: that ``preprocessing.json`` is damaged (see :func:`pixelwise.bundle.read_preprocessing`).
     """
-    from pixelwise.evaluate import PREPROCESSING_DEFAULTS, PREPROCESSING_NAME, read_preprocessing
-
     path = Path(model)
     for folder in (path / "model", path, path.parent / "model", path.parent):
         if (folder / PREPROCESSING_NAME).is_file():
-            facts = read_preprocessing(folder, require=())  # only the target matters here
-            return {"target": facts["target"], "separation_gap": facts["separation_gap"]}
+            # only the target matters here: neither mean/std nor the model are needed
+            facts = Preprocessing.from_dict(read_preprocessing(folder, require=()))
+            return {"target": facts.target, "separation_gap": facts.separation_gap}
     return {key: PREPROCESSING_DEFAULTS[key] for key in ("target", "separation_gap")}
 
 

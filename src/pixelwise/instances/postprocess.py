@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from pixelwise.data.targets import TARGETS
+from pixelwise.data.weights import BACKGROUND, INTERIOR
 from pixelwise.errors import ConfigError, ShapeError, unknown_name
-from pixelwise.instances.targets import TARGETS
-from pixelwise.instances.weights import BACKGROUND, INTERIOR
 
 METHODS = ("components", "watershed")
 MARKERS = ("auto", "interior", "distance")

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelwise.data.weights import instances_from_mask
 from pixelwise.errors import unknown_name
 from pixelwise.instances.metrics import InstanceScores
 from pixelwise.instances.postprocess import METHODS, to_instances
-from pixelwise.instances.weights import instances_from_mask
 from pixelwise.modes import IGNORE_INDEX
 
 

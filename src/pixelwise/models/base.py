@@ -1,9 +1,11 @@
-"""The base class every pixelwise model derives from.
+"""The base classes of pixelwise models.
 
-It owns what all architectures share, once: padding the input to the model's
-``input_multiple`` and cropping the logits back, the output activation, encoder
-freezing, and saving (``save_pretrained``). An architecture only builds its
-encoder, decoder and head and implements :meth:`SegmentationModel.forward_padded`.
+:class:`SegmentationModel` owns what all architectures share, once: padding the input to the
+model's ``input_multiple`` and cropping the logits back, the output activation, and saving
+(``save_pretrained``). :class:`EncoderDecoderModel` adds what the encoder-based architectures
+share: the constructor arguments of the encoder, input and output (documented there, once),
+building the encoder, the head and the activation, ``input_multiple`` from the encoder's
+reductions, and encoder freezing. An encoder-based architecture only builds its decoder.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from torch import nn
 
 from pixelwise.errors import ConfigError, InputSizeError, InputTypeError, closest
 from pixelwise.io import atomic_path, save_weights
+from pixelwise.models.blocks import SegmentationHead, make_activation
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, build_encoder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -182,7 +186,8 @@ class SegmentationModel(nn.Module):
 
     Subclasses set ``self.in_channels``, ``self.classes``, ``self.input_multiple`` and
     ``self.activation`` and implement :meth:`forward_padded` on inputs whose height and width
-    are multiples of ``input_multiple``.
+    are multiples of ``input_multiple``. Encoder-based architectures derive from
+    :class:`EncoderDecoderModel`, which does all of that but build the decoder.
     """
 
     arch_name: ClassVar[str] = ""
@@ -251,30 +256,6 @@ class SegmentationModel(nn.Module):
             self.eval()
         return self(x)
 
-    # -- encoder freezing --------------------------------------------------------------------
-    encoder_frozen: bool = False
-
-    def freeze_encoder(self) -> None:
-        """Stop training the encoder: no gradients, and BatchNorm statistics stay as they are
-        (the encoder is kept in eval mode even when the model trains)."""
-        self.encoder_frozen = True
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(False)
-        self.encoder.eval()
-
-    def unfreeze_encoder(self) -> None:
-        """Undo :meth:`freeze_encoder`."""
-        self.encoder_frozen = False
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(True)
-        self.encoder.train(self.training)
-
-    def train(self, mode: bool = True) -> SegmentationModel:
-        super().train(mode)
-        if self.encoder_frozen:
-            self.encoder.eval()
-        return self
-
     # -- saving ----------------------------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
@@ -305,3 +286,96 @@ class SegmentationModel(nn.Module):
             tmp.write_text(json.dumps(config, indent=2, default=list) + "\n")
         save_weights(self.state_dict(), directory / WEIGHTS_NAME)
         return directory
+
+
+class EncoderDecoderModel(SegmentationModel):
+    """Base of the encoder-based architectures: timm encoder → decoder → head → activation.
+
+    It builds the encoder, pads inputs to ``2**encoder_depth`` (``input_multiple``: the deepest
+    stride of the undilated encoder, kept when the encoder is dilated),
+    builds the decoder with the architecture's ``decoder`` factory, the head (a convolution to
+    ``classes`` channels, upsampled by the decoder's ``output_stride``) and the output activation,
+    and freezes the encoder if asked. An architecture's constructor keeps its own signature (its
+    defaults, and what ``model.config`` records) and passes the shared arguments on.
+
+    Args:
+        decoder: builds the architecture's decoder from the encoder. The decoder maps the encoder's
+            features (shallow to deep) to one map with ``out_channels`` channels at stride
+            ``output_stride`` (attributes; 1 when absent), which the head turns into class scores.
+        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``);
+            an ``smp``-style ``"tu-"`` prefix is accepted. Positional first, as in the Keras
+            segmentation_models spelling (``Unet("resnet34")``).
+        encoder_depth: number of stride-2 stages used; the input is padded to the encoder's deepest
+            stride (``2**depth`` for an undilated encoder).
+        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
+        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed (see
+            :meth:`freeze_encoder`).
+        in_channels: input image channels.
+        classes: output channels (class scores).
+        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        encoder_output_stride: dilate the encoder's last stages so its deepest stride is this (8 or
+            16); an encoder that cannot be dilated is used undilated, with a warning.
+    """
+
+    head_kernel_size: ClassVar[int | None] = 3
+    """Kernel size of the head's convolution; ``None`` for no head (the decoder already outputs the
+    class scores, and :meth:`forward_padded` is overridden)."""
+    encoder: TimmEncoder
+    decoder: nn.Module
+    head: nn.Module | None
+
+    def __init__(
+        self,
+        decoder: Callable[[TimmEncoder], nn.Module],
+        encoder_name: str,
+        encoder_depth: int,
+        encoder_weights: WeightsSpec,
+        encoder_freeze: bool,
+        in_channels: int,
+        classes: int,
+        activation: str | Callable | None,
+        encoder_output_stride: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.classes = in_channels, classes
+        self.encoder = build_encoder(encoder_name, in_channels, encoder_depth, encoder_weights, encoder_output_stride)
+        self.input_multiple = 2**encoder_depth
+        self.decoder = decoder(self.encoder)
+        self.head = None
+        if self.head_kernel_size is not None:
+            self.head = SegmentationHead(
+                self.decoder.out_channels,
+                classes,
+                kernel_size=self.head_kernel_size,
+                upsampling=getattr(self.decoder, "output_stride", 1),
+            )
+        self.activation = make_activation(activation)
+        if encoder_freeze:
+            self.freeze_encoder()
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.encoder(x)))
+
+    # -- encoder freezing --------------------------------------------------------------------
+    encoder_frozen: bool = False
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder: no gradients, and BatchNorm statistics stay as they are
+        (the encoder is kept in eval mode even when the model trains)."""
+        self.encoder_frozen = True
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(False)
+        self.encoder.eval()
+
+    def unfreeze_encoder(self) -> None:
+        """Undo :meth:`freeze_encoder`."""
+        self.encoder_frozen = False
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(True)
+        self.encoder.train(self.training)
+
+    def train(self, mode: bool = True) -> EncoderDecoderModel:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self

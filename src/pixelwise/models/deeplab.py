@@ -3,16 +3,16 @@ deepest feature, and a light decoder that refines the result with a stride-4 enc
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.models.base import SegmentationModel
-from pixelwise.models.blocks import ConvBnAct, SegmentationHead, make_activation
+from pixelwise.models.base import EncoderDecoderModel
+from pixelwise.models.blocks import ConvBnAct
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec
 from pixelwise.models.registry import check_choice, register_model
 
@@ -94,35 +94,11 @@ class DeepLabV3PlusDecoder(nn.Module):
         return self.fuse(torch.cat([x, low], dim=1))
 
 
-def build_dilated_encoder(
-    name: str, in_channels: int, depth: int, weights: WeightsSpec, output_stride: int | None
-) -> TimmEncoder:
-    """A :class:`TimmEncoder` dilated to ``output_stride``; if the encoder cannot be dilated (VGG, ...),
-    warn and build it undilated instead."""
-    try:
-        return TimmEncoder(name, in_channels, depth, weights, output_stride=output_stride)
-    except ConfigError:
-        if output_stride is None:
-            raise
-        encoder = TimmEncoder(name, in_channels, depth, weights)  # raises again if the problem is not dilation
-    warnings.warn(
-        f"encoder {encoder.name!r} does not support dilation (encoder_output_stride={output_stride}); "
-        f"using it undilated, so its deepest feature has stride {encoder.output_stride}.",
-        UserWarning,
-        stacklevel=4,  # the caller of DeepLabV3Plus(...), past the config-recording wrapper
-    )
-    return encoder
-
-
 @register_model("deeplabv3plus", "deeplabv3+")
-class DeepLabV3Plus(SegmentationModel):
+class DeepLabV3Plus(EncoderDecoderModel):
     """DeepLabV3+: dilated encoder → ASPP → fusion with a stride-4 feature → 1×1 head → bilinear upsampling.
 
     Args:
-        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"efficientnet_b0"``).
-        encoder_depth: number of stride-2 stages used (3 to 5); input is padded to ``2**depth``.
-        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
-        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
         encoder_output_stride: stride of the deepest feature, 16 or 8 (the last stages are dilated
             instead of strided), or ``None`` for no dilation. Encoders that cannot be dilated (VGG)
             are used undilated with a warning.
@@ -130,15 +106,16 @@ class DeepLabV3Plus(SegmentationModel):
         decoder_atrous_rates: dilation rates of ASPP's 3×3 branches. The default (12, 24, 36) is
             segmentation_models_pytorch's; the paper uses (6, 12, 18) at output stride 16.
         decoder_aspp_dropout: dropout probability after ASPP's projection.
-        in_channels: input image channels.
-        classes: output channels (class scores).
-        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
+            activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
     Example:
         >>> model = DeepLabV3Plus("resnet34", classes=3, activation="softmax")
     """
+
+    head_kernel_size = 1
 
     def __init__(
         self,
@@ -154,18 +131,21 @@ class DeepLabV3Plus(SegmentationModel):
         classes: int = 1,
         activation: str | Callable | None = None,
     ) -> None:
-        super().__init__()
         check_choice("encoder_output_stride", encoder_output_stride, OUTPUT_STRIDES)
-        self.in_channels, self.classes = in_channels, classes
-        self.encoder = build_dilated_encoder(
-            encoder_name, in_channels, encoder_depth, encoder_weights, encoder_output_stride
+        decoder = partial(
+            DeepLabV3PlusDecoder,
+            out_channels=decoder_channels,
+            atrous_rates=decoder_atrous_rates,
+            aspp_dropout=decoder_aspp_dropout,
         )
-        self.input_multiple = 2**encoder_depth
-        self.decoder = DeepLabV3PlusDecoder(self.encoder, decoder_channels, decoder_atrous_rates, decoder_aspp_dropout)
-        self.head = SegmentationHead(decoder_channels, classes, kernel_size=1, upsampling=self.decoder.output_stride)
-        self.activation = make_activation(activation)
-        if encoder_freeze:
-            self.freeze_encoder()
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        super().__init__(
+            decoder,
+            encoder_name,
+            encoder_depth,
+            encoder_weights,
+            encoder_freeze,
+            in_channels,
+            classes,
+            activation,
+            encoder_output_stride,
+        )

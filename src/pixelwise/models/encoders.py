@@ -8,6 +8,7 @@ Decoders only read :attr:`TimmEncoder.out_channels` and :attr:`TimmEncoder.reduc
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import timm
@@ -151,3 +152,30 @@ def feature_at(features: list[torch.Tensor], reductions: list[int], reduction: i
         if r == reduction:
             return feature
     return None
+
+
+def build_encoder(
+    name: str, in_channels: int, depth: int, weights: WeightsSpec, output_stride: int | None = None
+) -> TimmEncoder:
+    """A :class:`TimmEncoder`, dilated to ``output_stride`` when that is given.
+
+    If the encoder cannot be dilated (VGG, ...), warn and build it undilated instead.
+
+    Raises:
+        ConfigError: the encoder cannot be built at all (unknown name, no feature pyramid, ...).
+    """
+    try:
+        return TimmEncoder(name, in_channels, depth, weights, output_stride=output_stride)
+    except ConfigError:
+        if output_stride is None:
+            raise
+        encoder = TimmEncoder(name, in_channels, depth, weights)  # raises again if the problem is not dilation
+    warnings.warn(
+        f"encoder {encoder.name!r} does not support dilation (encoder_output_stride={output_stride}); "
+        f"using it undilated, so its deepest feature has stride {encoder.output_stride}.",
+        UserWarning,
+        # the caller of the architecture (e.g. DeepLabV3Plus(...)), past EncoderDecoderModel.__init__,
+        # the architecture's __init__ and the config-recording wrapper around each of them
+        stacklevel=6,
+    )
+    return encoder

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.models.base import SegmentationModel
-from pixelwise.models.blocks import BilinearTransposedUpsample, make_activation
+from pixelwise.models.base import EncoderDecoderModel
+from pixelwise.models.blocks import BilinearTransposedUpsample
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
 from pixelwise.models.registry import register_model
 
@@ -89,8 +89,13 @@ class FCNDecoder(nn.Module):
         return scores
 
 
-class _FCN(SegmentationModel):
-    """Shared implementation of FCN-32s/16s/8s; subclasses set ``strides``."""
+class _FCN(EncoderDecoderModel):
+    """Shared implementation of FCN-32s/16s/8s; subclasses set ``strides``.
+
+    The decoder outputs the class scores, so there is no head: :meth:`forward_padded` interpolates them.
+    """
+
+    head_kernel_size = None
 
     strides: tuple[int, ...] = FCN_STRIDES
 
@@ -106,7 +111,6 @@ class _FCN(SegmentationModel):
         classes: int = 1,
         activation: str | Callable | None = None,
     ) -> None:
-        super().__init__()
         if encoder_depth != 5:
             raise ConfigError(
                 f"{type(self).__name__} scores the stride-32 features, so encoder_depth must be 5 "
@@ -116,16 +120,14 @@ class _FCN(SegmentationModel):
             raise ConfigError(f"fc_channels={fc_channels!r} must be None or a positive integer (the paper uses 4096).")
         if not 0 <= dropout < 1:
             raise ConfigError(f"dropout={dropout!r} must be in [0, 1).")
-        self.in_channels, self.classes = in_channels, classes
-        self.encoder = TimmEncoder(encoder_name, in_channels, encoder_depth, encoder_weights)
-        self.input_multiple = 2**encoder_depth
-        self.decoder = FCNDecoder(
-            self.encoder.out_channels, self.encoder.reductions, classes, self.strides, fc_channels, dropout
+
+        def decoder(encoder: TimmEncoder) -> FCNDecoder:
+            return FCNDecoder(encoder.out_channels, encoder.reductions, classes, self.strides, fc_channels, dropout)
+
+        super().__init__(
+            decoder, encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation
         )
         self.output_stride = self.strides[-1]
-        self.activation = make_activation(activation)
-        if encoder_freeze:
-            self.freeze_encoder()
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.decoder(self.encoder(x))
@@ -143,16 +145,13 @@ _FCN_DOC = """{title}
             are pool5, conv5_3 and conv4_3 (the last feature map at each stride), where the paper
             scores pool5, pool4 and pool3: same strides, one block deeper for the skips.
         encoder_depth: must be 5 (the coarsest scores have stride 32); input is padded to 32.
-        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
-        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
         fc_channels: ``None`` (default) scores the deepest feature directly. An integer (the
             paper's 4096) adds the fc6/fc7-as-convolution block before scoring: a 7×7 conv +
             ReLU + dropout and a 1×1 conv + ReLU + dropout (about 120M parameters with VGG16
             and 4096 channels, which the default saves).
         dropout: dropout probability in the fc6/fc7 block (only used with ``fc_channels``).
-        in_channels: input image channels.
-        classes: output channels (class scores).
-        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        encoder_weights, encoder_freeze, in_channels, classes, activation: see
+            :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
     The score layers are 1×1 convolutions; the skip score layers start at zero (so at
     initialisation a finer FCN predicts what the coarser one does). Each ×2 upsampling of scores

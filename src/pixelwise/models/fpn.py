@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.models.base import SegmentationModel
-from pixelwise.models.blocks import SegmentationHead, make_activation
+from pixelwise.models.base import EncoderDecoderModel
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
 from pixelwise.models.registry import check_choice, register_model
 
@@ -98,27 +98,24 @@ class FPNDecoder(nn.Module):
 
 
 @register_model("fpn")
-class FPN(SegmentationModel):
+class FPN(EncoderDecoderModel):
     """FPN: encoder → feature pyramid → per-level segmentation blocks merged at stride 4 → 1×1 head → ×4.
 
     Args:
-        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``).
-        encoder_depth: number of stride-2 stages used (3 to 5); input is padded to ``2**depth``.
-        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
-        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
         decoder_pyramid_channels: channels of the pyramid (lateral convs and top-down pathway).
         decoder_segmentation_channels: channels of each level's segmentation block.
         decoder_merge_policy: ``"add"`` (sum the levels) or ``"cat"`` (concatenate them).
         decoder_dropout: Dropout2d probability before the head.
-        in_channels: input image channels.
-        classes: output channels (class scores).
-        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
+            activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
     Example:
         >>> model = FPN("resnet34", classes=3, activation="softmax")
     """
+
+    head_kernel_size = 1
 
     def __init__(
         self,
@@ -134,23 +131,13 @@ class FPN(SegmentationModel):
         classes: int = 1,
         activation: str | Callable | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels, self.classes = in_channels, classes
-        self.encoder = TimmEncoder(encoder_name, in_channels, encoder_depth, encoder_weights)
-        self.input_multiple = 2**encoder_depth
-        self.decoder = FPNDecoder(
-            self.encoder,
-            decoder_pyramid_channels,
-            decoder_segmentation_channels,
-            decoder_merge_policy,
-            decoder_dropout,
+        decoder = partial(
+            FPNDecoder,
+            pyramid_channels=decoder_pyramid_channels,
+            segmentation_channels=decoder_segmentation_channels,
+            merge_policy=decoder_merge_policy,
+            dropout=decoder_dropout,
         )
-        self.head = SegmentationHead(
-            self.decoder.out_channels, classes, kernel_size=1, upsampling=self.decoder.output_stride
+        super().__init__(
+            decoder, encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation
         )
-        self.activation = make_activation(activation)
-        if encoder_freeze:
-            self.freeze_encoder()
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))

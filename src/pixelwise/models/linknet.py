@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.models.base import SegmentationModel
-from pixelwise.models.blocks import ConvBnAct, SegmentationHead, make_activation, make_upsample
+from pixelwise.models.base import EncoderDecoderModel
+from pixelwise.models.blocks import ConvBnAct, make_upsample
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
 from pixelwise.models.registry import register_model
 
@@ -83,21 +84,16 @@ class LinknetDecoder(nn.Module):
 
 
 @register_model("linknet")
-class Linknet(SegmentationModel):
+class Linknet(EncoderDecoderModel):
     """LinkNet: encoder → decoder blocks (1×1 reduce, upsample ×2, 1×1 expand, add skip) → 3×3 conv head.
 
     Args:
-        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``).
-        encoder_depth: number of stride-2 stages used (3 to 5); input is padded to ``2**depth``.
-        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
-        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
         decoder_upsampling: ``"transposed"`` (the paper's learnable full convolution), ``"bilinear"``,
             ``"nearest"`` or ``"pixelshuffle"``.
         decoder_use_batchnorm: BatchNorm in the decoder's convolutions.
         decoder_prefinal_channels: channels of the last decoder block (stride 1), fed to the head.
-        in_channels: input image channels.
-        classes: output channels (class scores).
-        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
+            activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
@@ -118,17 +114,12 @@ class Linknet(SegmentationModel):
         classes: int = 1,
         activation: str | Callable | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels, self.classes = in_channels, classes
-        self.encoder = TimmEncoder(encoder_name, in_channels, encoder_depth, encoder_weights)
-        self.input_multiple = 2**encoder_depth
-        self.decoder = LinknetDecoder(
-            self.encoder, decoder_prefinal_channels, decoder_upsampling, decoder_use_batchnorm
+        decoder = partial(
+            LinknetDecoder,
+            prefinal_channels=decoder_prefinal_channels,
+            upsampling=decoder_upsampling,
+            use_batchnorm=decoder_use_batchnorm,
         )
-        self.head = SegmentationHead(self.decoder.out_channels, classes)
-        self.activation = make_activation(activation)
-        if encoder_freeze:
-            self.freeze_encoder()
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        super().__init__(
+            decoder, encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation
+        )

@@ -4,14 +4,15 @@ global context at several scales; the prediction is upsampled from that single s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.models.base import SegmentationModel
-from pixelwise.models.blocks import ConvBnAct, SegmentationHead, make_activation
+from pixelwise.models.base import EncoderDecoderModel
+from pixelwise.models.blocks import ConvBnAct
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec
 from pixelwise.models.registry import register_model
 
@@ -44,7 +45,10 @@ class PyramidPoolingModule(nn.Module):
 
 
 class PSPDecoder(nn.Sequential):
-    """Pyramid pooling on the deepest feature → 1×1 ConvBnAct to ``out_channels`` → Dropout2d."""
+    """Pyramid pooling on the deepest feature → 1×1 ConvBnAct to ``out_channels`` → Dropout2d.
+
+    The output keeps the deepest feature's stride (:attr:`output_stride`).
+    """
 
     def __init__(
         self, encoder: TimmEncoder, bins: Sequence[int], out_channels: int, use_batchnorm: bool, dropout: float
@@ -56,28 +60,25 @@ class PSPDecoder(nn.Sequential):
         super().__init__(
             ppm, ConvBnAct(ppm.out_channels, out_channels, 1, use_batchnorm=use_batchnorm), nn.Dropout2d(dropout)
         )
+        self.out_channels = out_channels
+        self.output_stride = encoder.reductions[-1]
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
         return super().forward(features[-1])
 
 
 @register_model("pspnet")
-class PSPNet(SegmentationModel):
+class PSPNet(EncoderDecoderModel):
     """PSPNet: encoder → pyramid pooling module → 1×1 conv → 3×3 conv head → bilinear upsampling.
 
     Args:
-        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``).
-        encoder_depth: number of stride-2 stages used (3 to 5); input is padded to ``2**depth``.
-            The default 3 pools features of stride 8, as segmentation_models_pytorch does.
-        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
-        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
+        encoder_depth: the default 3 pools features of stride 8, as segmentation_models_pytorch does.
         psp_bins: output sizes of the pyramid's adaptive average poolings.
         psp_out_channels: channels after the pyramid pooling module's 1×1 projection.
         psp_use_batchnorm: BatchNorm in that projection (the pooled branches never use it).
         psp_dropout: Dropout2d probability before the head.
-        in_channels: input image channels.
-        classes: output channels (class scores).
-        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
+            activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
@@ -99,15 +100,13 @@ class PSPNet(SegmentationModel):
         classes: int = 1,
         activation: str | Callable | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels, self.classes = in_channels, classes
-        self.encoder = TimmEncoder(encoder_name, in_channels, encoder_depth, encoder_weights)
-        self.input_multiple = 2**encoder_depth
-        self.decoder = PSPDecoder(self.encoder, psp_bins, psp_out_channels, psp_use_batchnorm, psp_dropout)
-        self.head = SegmentationHead(psp_out_channels, classes, kernel_size=3, upsampling=self.encoder.reductions[-1])
-        self.activation = make_activation(activation)
-        if encoder_freeze:
-            self.freeze_encoder()
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        decoder = partial(
+            PSPDecoder,
+            bins=psp_bins,
+            out_channels=psp_out_channels,
+            use_batchnorm=psp_use_batchnorm,
+            dropout=psp_dropout,
+        )
+        super().__init__(
+            decoder, encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation
+        )

@@ -13,14 +13,15 @@ own way (strided convolutions, 3×3 pools).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.models.base import SegmentationModel
-from pixelwise.models.blocks import UPSAMPLING_MODES, ConvBnAct, SegmentationHead, make_activation, make_upsample
+from pixelwise.models.base import EncoderDecoderModel
+from pixelwise.models.blocks import UPSAMPLING_MODES, ConvBnAct, make_upsample
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
 from pixelwise.models.geometry import is_tracing
 from pixelwise.models.registry import check_choice, register_model
@@ -158,7 +159,7 @@ class SegNetDecoder(nn.Module):
 
 
 @register_model("segnet")
-class SegNet(SegmentationModel):
+class SegNet(EncoderDecoderModel):
     """SegNet: encoder → decoder that max-unpools with the encoder's pooling indices → 3×3 conv head.
 
     Unlike U-Net, no encoder features are concatenated: only the positions of the maxima travel
@@ -170,10 +171,8 @@ class SegNet(SegmentationModel):
     ``fallback_upsampling`` instead.
 
     Args:
-        encoder_name: any timm model with feature_info; default ``"vgg16_bn"`` as in the paper.
-        encoder_depth: number of stride-2 stages used (1 to 5); input is padded to ``2**depth``.
-        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
-        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
+        encoder_name: default ``"vgg16_bn"`` as in the paper.
+        encoder_depth: 1 to 5.
         decoder_channels: channels of the last decoder stage (and of any stage with no encoder
             feature to mirror); the other stages end with the channels of the encoder feature one
             stride finer, as in the paper (512, 256, 128, 64, 64 with VGG).
@@ -182,9 +181,8 @@ class SegNet(SegmentationModel):
         decoder_use_batchnorm: BatchNorm in the decoder's convolutions.
         fallback_upsampling: how to upsample where the encoder has no feature (so no indices):
             ``"bilinear"``, ``"nearest"``, ``"transposed"`` or ``"pixelshuffle"``.
-        in_channels: input image channels.
-        classes: output channels (class scores).
-        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
+            activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
@@ -206,19 +204,19 @@ class SegNet(SegmentationModel):
         classes: int = 1,
         activation: str | Callable | None = None,
     ) -> None:
-        super().__init__()
         check_choice("fallback_upsampling", fallback_upsampling, UPSAMPLING_MODES)
         if not isinstance(decoder_channels, int) or decoder_channels < 1:
             raise ConfigError(f"decoder_channels={decoder_channels!r} must be a positive integer (e.g. 64).")
-        self.in_channels, self.classes = in_channels, classes
-        self.encoder = TimmEncoder(encoder_name, in_channels, encoder_depth, encoder_weights)
-        self.input_multiple = 2**encoder_depth
-        convs = self._convs_per_stage(decoder_convs_per_stage, encoder_depth)
-        self.decoder = SegNetDecoder(self.encoder, decoder_channels, convs, fallback_upsampling, decoder_use_batchnorm)
-        self.head = SegmentationHead(self.decoder.out_channels, classes)
-        self.activation = make_activation(activation)
-        if encoder_freeze:
-            self.freeze_encoder()
+        decoder = partial(
+            SegNetDecoder,
+            decoder_channels=decoder_channels,
+            convs_per_stage=self._convs_per_stage(decoder_convs_per_stage, encoder_depth),
+            fallback=fallback_upsampling,
+            use_batchnorm=decoder_use_batchnorm,
+        )
+        super().__init__(
+            decoder, encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation
+        )
 
     @staticmethod
     def _convs_per_stage(value: int | Sequence[int], depth: int) -> list[int]:
@@ -230,6 +228,3 @@ class SegNet(SegmentationModel):
                 f"{[3, 3, 3, 2, 1][-depth:]}."
             )
         return convs
-
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.models.base import SegmentationModel
-from pixelwise.models.blocks import ConvBnAct, SegmentationHead, make_activation, make_upsample
+from pixelwise.models.base import EncoderDecoderModel
+from pixelwise.models.blocks import ConvBnAct, make_upsample
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
 from pixelwise.models.registry import register_model
 
@@ -54,6 +54,7 @@ class UnetDecoder(nn.Module):
                 f"give one per decoder stage, e.g. {[2 ** (8 - i) for i in range(depth)]}."
             )
         self.reductions = list(feature_reductions)
+        self.out_channels = decoder_channels[-1]
         self.skip_reductions = [2 ** (depth - 1 - i) for i in range(depth)]  # stride after each block
         in_channels = [feature_channels[-1], *decoder_channels[:-1]]
         skip_channels = [self._skip_channels(feature_channels, feature_reductions, r) for r in self.skip_reductions]
@@ -75,14 +76,10 @@ class UnetDecoder(nn.Module):
 
 
 @register_model("unet")
-class Unet(SegmentationModel):
+class Unet(EncoderDecoderModel):
     """U-Net: encoder → U-Net decoder (upsample, concatenate skip, two convs) → 3×3 conv head.
 
     Args:
-        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``).
-        encoder_depth: number of stride-2 stages used (3 to 5); input is padded to ``2**depth``.
-        encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
-        encoder_freeze: keep the encoder's weights and BatchNorm statistics fixed.
         decoder_channels: output channels of each decoder stage, deepest first, one per stage;
             default ``(256, 128, 64, 32, 16)`` cut to ``encoder_depth`` entries.
         decoder_upsampling: ``"bilinear"``, ``"nearest"``, ``"transposed"`` or ``"pixelshuffle"``.
@@ -92,9 +89,8 @@ class Unet(SegmentationModel):
             segmentation_models_pytorch) for none. Encoders such as ResNet or EfficientNet have
             no stride-1 feature, so their last ×2 upsampling has no skip and edges come out
             interpolated; thin structures (EM membranes) gain from this stem.
-        in_channels: input image channels.
-        classes: output channels (class scores).
-        activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
+            activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
@@ -116,28 +112,26 @@ class Unet(SegmentationModel):
         classes: int = 1,
         activation: str | Callable | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels, self.classes = in_channels, classes
-        self.encoder = TimmEncoder(encoder_name, in_channels, encoder_depth, encoder_weights)
-        self.input_multiple = 2**encoder_depth
         if decoder_channels is None:
             decoder_channels = (256, 128, 64, 32, 16)[:encoder_depth]
-        channels, reductions = list(self.encoder.out_channels), list(self.encoder.reductions)
-        self.full_resolution_stem: nn.Module | None = None
-        if decoder_full_resolution_channels:
-            stem_channels = decoder_full_resolution_channels
-            self.full_resolution_stem = nn.Sequential(
-                ConvBnAct(in_channels, stem_channels, use_batchnorm=decoder_use_batchnorm),
-                ConvBnAct(stem_channels, stem_channels, use_batchnorm=decoder_use_batchnorm),
+
+        def decoder(encoder: TimmEncoder) -> UnetDecoder:
+            channels, reductions = list(encoder.out_channels), list(encoder.reductions)
+            self.full_resolution_stem: nn.Module | None = None
+            if decoder_full_resolution_channels:
+                stem_channels = decoder_full_resolution_channels
+                self.full_resolution_stem = nn.Sequential(
+                    ConvBnAct(in_channels, stem_channels, use_batchnorm=decoder_use_batchnorm),
+                    ConvBnAct(stem_channels, stem_channels, use_batchnorm=decoder_use_batchnorm),
+                )
+                channels, reductions = [stem_channels, *channels], [1, *reductions]
+            return UnetDecoder(
+                channels, reductions, encoder_depth, decoder_channels, decoder_upsampling, decoder_use_batchnorm
             )
-            channels, reductions = [stem_channels, *channels], [1, *reductions]
-        self.decoder = UnetDecoder(
-            channels, reductions, encoder_depth, decoder_channels, decoder_upsampling, decoder_use_batchnorm
+
+        super().__init__(
+            decoder, encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation
         )
-        self.head = SegmentationHead(decoder_channels[-1], classes)
-        self.activation = make_activation(activation)
-        if encoder_freeze:
-            self.freeze_encoder()
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)

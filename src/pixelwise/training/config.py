@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import yaml
 
+from pixelwise.data.targets import BOUNDARY_CLASSES, TargetOptions
 from pixelwise.errors import ConfigError, unknown_name
-from pixelwise.instances.targets import BOUNDARY_CLASSES, TargetOptions
 from pixelwise.io import atomic_path, read_text
 from pixelwise.modes import IGNORE_INDEX, MODES
 from pixelwise.training.checks import coerce

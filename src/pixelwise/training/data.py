@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from pixelwise.data import SegmentationFolder, build_transforms
+from pixelwise.data.targets import TargetOptions, training_targets
 from pixelwise.data.transforms import shift_image
-from pixelwise.instances import TargetOptions, training_targets
 from pixelwise.training.config import TrainConfig
 
 MIN_EPOCH_STEPS = 50

@@ -10,7 +10,6 @@ Checkpoints are written under a temporary name and renamed, and read back with
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -28,9 +27,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from pixelwise.bundle import ModelBundle, Preprocessing
 from pixelwise.data import ClassInfo, check_dataset, default_palette
+from pixelwise.data.targets import BOUNDARY_CLASSES
 from pixelwise.errors import ConfigError
-from pixelwise.instances import BOUNDARY_CLASSES
 from pixelwise.io import atomic_path, load_checkpoint, remove_stale_temporaries
 from pixelwise.models.registry import takes_encoder
 from pixelwise.training.callbacks import EpochRecords, TimeBudget, TimeSplit, WeightEMA
@@ -302,25 +302,20 @@ def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config:
     state = load_checkpoint(checkpoint)["state_dict"]
     task = SegmentationTask(config.to_dict(), **facts)
     task.load_state_dict(state)
-    model_dir = run_dir / "model"
-    task.model.save_pretrained(model_dir)
-    preprocessing = {
-        "mean": facts["mean"],
-        "std": facts["std"],
-        "input_range": "unit",  # images are scaled to [0, 1] (8-bit / 255, 16-bit / 65535) before mean/std
-        "scale": config.scale,  # the model predicts on images resized by this factor
-        "mask_offset": config.mask_offset,  # [dy, dx]: images are shifted by this before the network
-        "ignore_index": config.ignore_index,
-        "mask_values": {str(k): v for k, v in (config.mask_values or {}).items()},  # {stored value: class id}
+    preprocessing = Preprocessing(
+        mean=facts["mean"],
+        std=facts["std"],
+        input_range="unit",  # images are scaled to [0, 1] (8-bit / 255, 16-bit / 65535) before mean/std
+        scale=config.scale,  # the model predicts on images resized by this factor
+        mask_offset=config.mask_offset,  # [dy, dx]: images are shifted by this before the network
+        ignore_index=config.ignore_index,
+        mask_values=dict(config.mask_values or {}),  # {stored value: class id}
         # how the outputs become instances: the target's classes, and the gaps cut between touching objects
-        "target": config.target,
-        "separation_gap": config.target_options().effective_gap,
-    }
-    with atomic_path(model_dir / "preprocessing.json") as tmp:
-        tmp.write_text(json.dumps(preprocessing, indent=2) + "\n")
+        target=config.target,
+        separation_gap=config.target_options().effective_gap,
+    )
     if config.target == "boundary":
         classes = ClassInfo(list(BOUNDARY_CLASSES), list(range(len(BOUNDARY_CLASSES))), default_palette(3))
     else:
         classes = ClassInfo.find(config.data) or ClassInfo.default(facts["classes"])
-    classes.save(model_dir / "classes.yaml")
-    return model_dir
+    return ModelBundle(task.model, preprocessing, classes).save(run_dir / "model")

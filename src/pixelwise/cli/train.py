@@ -1,4 +1,8 @@
-"""Command-line flags of ``pixelwise train``, generated from the TrainConfig fields (one source of truth)."""
+"""``pixelwise train``: flags override the YAML config; ``--resume`` continues a run.
+
+The flags are generated from the :class:`~pixelwise.training.config.TrainConfig` fields (one source of
+truth): one ``--flag`` per field, its help the field's docstring, its default shown from the field.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,38 @@ from typing import Any
 import yaml
 
 from pixelwise.training.config import TrainConfig
+
+
+def add_parser(commands: Any) -> None:
+    train = commands.add_parser("train", help="train a model on a data folder (Lightning; CPU, GPU, DDP)")
+    train.add_argument("--config", help="YAML file of training options (flags override it)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.ckpt")
+    add_train_arguments(train)
+    train.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train a model; flags override the YAML config; --resume continues a run."""
+    from pathlib import Path
+
+    from pixelwise.errors import ConfigError
+    from pixelwise.training.config import resolve
+    from pixelwise.training.run import process_start, train
+
+    overrides = overrides_from(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {args.resume!r}: no config.yaml there; pass a run directory (runs/<name>).")
+        config = resolve(
+            str(run_dir / "config.yaml"), overrides | {"runs_dir": str(run_dir.parent), "name": run_dir.name}
+        )
+    else:
+        config = resolve(args.config, overrides)
+    result = train(config, resume=bool(args.resume), start=process_start())  # the budget covers the whole command
+    best = f"{result.best_miou:.4f}" if result.best_miou is not None else "n/a"
+    print(f"run: {result.run_dir}  best val mIoU: {best}  epochs: {result.epochs}  time: {result.seconds:.0f} s")
+    return 0
 
 
 @functools.cache

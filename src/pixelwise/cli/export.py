@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from pixelwise.errors import ConfigError
+from pixelwise.inference.export import DEFAULT_OPSET
+from pixelwise.inference.quantize import CALIBRATION_LIMIT
 
 FORMATS = ("onnx", "torchscript")
-CALIBRATION_LIMIT = 32
-"""At most this many images of --calibration-data are used to calibrate int8 quantization."""
 
 
-def add_export_parser(commands: Any) -> None:
-    """Register the ``export`` subcommand on an ``argparse`` subparsers object."""
+def add_parser(commands: Any) -> None:
     export = commands.add_parser("export", help="export a trained model to ONNX (fp32 or int8) or TorchScript")
     export.add_argument("--model", required=True, help="run directory (runs/<name>) or save_pretrained directory")
     export.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torchscript")
@@ -29,7 +28,7 @@ def add_export_parser(commands: Any) -> None:
         action="store_true",
         help="take raw uint8 [N, C, H, W] pixels, return int64 [N, H, W] labels (normalisation and argmax inside)",
     )
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 17)")
+    export.add_argument("--opset", type=int, default=None, help=f"ONNX opset version (default {DEFAULT_OPSET})")
     export.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="traced sample size")
     export.add_argument("--int8", action="store_true", help="also quantize the ONNX model to int8 (static, QDQ)")
     export.add_argument(
@@ -39,12 +38,12 @@ def add_export_parser(commands: Any) -> None:
         help=f"images to calibrate int8 with (a data folder or its images/; up to {CALIBRATION_LIMIT} used; "
         "default random inputs, which are less accurate)",
     )
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(func=run)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Export, verify, optionally quantize; print the difference to PyTorch and the path written."""
-    from pixelwise.inference.export import DEFAULT_OPSET, export_onnx, export_torchscript
+    from pixelwise.inference.export import export_onnx, export_torchscript
 
     if not Path(args.model).exists():
         raise ConfigError(f"--model {args.model!r} does not exist; pass a run directory (runs/<name>) or saved model.")

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pixelwise.errors import ConfigError, unknown_name
-from pixelwise.instances.weights import (
+from pixelwise.data.weights import (
     BACKGROUND,
     BOUNDARY_WIDTH,
     SIGMA,
@@ -23,6 +22,7 @@ from pixelwise.instances.weights import (
     separate_touching,
     unet_weight_map,
 )
+from pixelwise.errors import ConfigError, unknown_name
 from pixelwise.modes import IGNORE_INDEX
 
 TARGETS = ("semantic", "boundary")

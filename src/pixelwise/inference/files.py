@@ -1,63 +1,39 @@
-"""``pixelwise predict``: label maps (and optionally probabilities and overlays) for image files.
+"""Folder prediction: the image files a list of paths, folders and globs names, a checked output
+folder, and one image file predicted into it.
 
-For each input ``<stem>.<ext>`` it writes into ``--out``: ``<stem>.png``, a palette PNG of class ids
-coloured like the model's classes (``<stem>.tif`` for images above ``LARGE_IMAGE_PIXELS``, which
-are streamed band by band, or models with more than 256 classes); with ``--save-probs``
-``<stem>_probs.npy`` (``float16 [K, H, W]``); with ``--overlay`` ``<stem>_overlay.png``. Every file
-is written under a temporary name and renamed (those left by killed runs are removed at the start).
-Options, the device and ``--out`` are checked before the model is loaded: ``--out`` must not hold
-any input. An input that cannot be read (missing, a broken link, not a regular file, a glob or
-folder without images, a corrupt image, a decompression bomb, NaN pixels) or predicted is reported
-at the end with its reason (exit status 1) and does not stop the others.
+For each input ``<stem>.<ext>`` :func:`predict_file` writes into the output folder ``<stem>.png``, a
+palette PNG of class ids coloured like the model's classes (``<stem>.tif`` for images above
+``LARGE_IMAGE_PIXELS``, which are streamed band by band, or models with more than 256 classes);
+optionally ``<stem>_probs.npy`` (``float16 [K, H, W]``) and ``<stem>_overlay.png``. Every file is
+written under a temporary name and renamed. Inputs are examined with ``stat`` only, so a named pipe
+is reported, never opened. ``pixelwise predict`` (:mod:`pixelwise.cli.predict`) is built on these.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import glob
 import os
 import stat
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.inference.tta import TTA_MODES
+from pixelwise.errors import ConfigError
 
 LARGE_IMAGE_PIXELS = 64 * 2**20
 """Images with more pixels than this (64 Mpx) are written as tiled TIFFs; TIFF inputs are streamed."""
 TIFF_SUFFIXES = (".tif", ".tiff")
 GLOB_CHARACTERS = "*?["
 """An input holding one of these that is not an existing path is a glob pattern."""
+DEFAULT_TILE_SIZE = 512
+"""Tile side in pixels for folder prediction (``pixelwise predict --tile``); 0 predicts whole images."""
 
-
-def add_predict_parser(commands: Any) -> None:
-    """Register the ``predict`` subcommand on an ``argparse`` subparsers object."""
-    predict = commands.add_parser("predict", help="predict label maps for image files (tiled, any size)")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    predict.add_argument("--model", required=True, help="run directory, save_pretrained directory or .onnx file")
-    predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--tile", type=int, default=512, help="tile size in pixels (0: whole images; default 512)")
-    predict.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
-    predict.add_argument("--blend", default="gaussian", help="gaussian, linear or none (default gaussian)")
-    predict.add_argument("--batch-size", type=int, default=2, help="tiles per forward pass (default 2; more on a GPU)")
-    predict.add_argument(
-        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation, probabilities averaged (default none)"
-    )
-    predict.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
-    predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
-    predict.add_argument(
-        "--instances",
-        action="store_true",
-        help="also write <stem>_instances.png and <stem>_objects.json (objects drawn on the --overlay)",
-    )
-    predict.add_argument("--backend", default="torch", help="torch or onnxruntime (default torch)")
-    predict.add_argument("--precision", default="fp32", help="fp32, bf16 or int8 (int8: onnxruntime)")
-    predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
-    predict.add_argument("--no-progress", action="store_true", help="no progress bars")
-    predict.set_defaults(func=cmd_predict)
+InstanceWriter = Callable[..., list[Path]]
+"""Writes the objects of one image: called as ``writer(out, stem, probabilities, image=..., class_names=...,
+palette=...)``, returns the files written; e.g. ``functools.partial(write_prediction_instances, model=path)``
+(:mod:`pixelwise.instances` lies above inference, so the caller supplies it)."""
 
 
 def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -265,10 +241,10 @@ def predict_file(
     save_probs: bool = False,
     overlay: bool = False,
     progress: bool = False,
-    instances: Path | None = None,
+    instances: InstanceWriter | None = None,
 ) -> list[Path]:
     """Predict one image file into ``out``; return the files written (``progress``: a tile bar for large images;
-    ``instances``: the model path, to also write its objects: ``pixelwise.instances.write_prediction_instances``).
+    ``instances``: also write the image's objects with it, see :data:`InstanceWriter`).
 
     Raises:
         DataError: ``path`` is not a regular file, not a readable image, or holds NaN / infinite pixels.
@@ -311,11 +287,9 @@ def predict_file(
         written.append(out / f"{path.stem}_overlay.png")
         save_png(draw_overlay(scale_image(np.moveaxis(array, -1, 0)), labels, classes.color_array()), written[-1])
     if instances is not None:
-        from pixelwise.instances import write_prediction_instances
-
         image = scale_image(np.moveaxis(array, -1, 0)) if overlay else None  # redraws the overlay with objects
-        found = write_prediction_instances(
-            out, path.stem, probabilities, instances, image, classes.names, classes.color_array()
+        found = instances(
+            out, path.stem, probabilities, image=image, class_names=classes.names, palette=classes.color_array()
         )
         written += [p for p in found if p not in written]
     return written
@@ -337,85 +311,3 @@ def _predict_large(predictor: Any, path: Path, target: Path, probs_path: Path | 
     else:
         predict_to_tiff(predictor, ArraySource(_read_finite(path)), target, probs_path, compression="zlib")
     return [target] + ([probs_path] if probs_path else [])
-
-
-def check_predict_options(args: argparse.Namespace) -> None:
-    """Validate the sizes and choices of ``pixelwise predict`` before any work.
-
-    Raises:
-        ConfigError: names the option, the value and the valid range or choices.
-    """
-    from pixelwise.inference.backends import BACKENDS
-    from pixelwise.inference.predictor import PRECISIONS, check_choice, check_device, check_fraction, check_int
-    from pixelwise.inference.tiling import BLEND_MODES
-
-    check_int("--tile", args.tile, 0, " (0: whole images)")
-    check_fraction("--overlap", args.overlap)
-    check_int("--batch-size", args.batch_size, 1)
-    for option, value, choices in (
-        ("--blend", args.blend, BLEND_MODES),
-        ("--backend", args.backend, BACKENDS),
-        ("--precision", args.precision, PRECISIONS),
-    ):
-        check_choice(option, value, choices)
-    check_device(args.device, "--device")
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Run ``pixelwise predict``: check options, inputs and --out, build the predictor, predict every
-    input, report failures (unreadable inputs included)."""
-    from pixelwise.data.folder import IMAGE_READ_ERRORS
-    from pixelwise.inference import Predictor
-    from pixelwise.io import remove_stale_temporaries
-
-    check_predict_options(args)
-    model = Path(args.model)
-    if not model.exists():
-        raise ConfigError(
-            f"--model {args.model!r} does not exist; pass a run directory (runs/<name> from `pixelwise train`), "
-            "a folder written by model.save_pretrained(), or an .onnx file with --backend onnxruntime."
-        )
-    inputs, unreadable = collect_inputs(args.inputs)
-    out = prepare_out(args.out, inputs)
-    removed = remove_stale_temporaries(out)
-    if removed:
-        print(f"removed {len(removed)} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
-    predictor = Predictor(
-        model,
-        tile_size=args.tile or None,
-        overlap=args.overlap,
-        blend=args.blend,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        backend=args.backend,
-        precision=args.precision,
-        device=args.device,
-    )
-    failures: list[tuple[Any, str]] = list(unreadable)
-    items: Any = inputs
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        items = tqdm(inputs, desc="predict", unit="image")
-    written = 0
-    for path in items:
-        try:
-            instances = model if args.instances else None
-            written += len(
-                predict_file(predictor, path, out, args.save_probs, args.overlay, not args.no_progress, instances)
-            )
-        except (PixelwiseError, *IMAGE_READ_ERRORS) as error:
-            failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
-    total = len(inputs) + len(unreadable)
-    print(f"predicted {total - len(failures)} of {total} images into {out} ({written} files)")
-    return _report_failures(failures)
-
-
-def _report_failures(failures: list[tuple[Any, str]]) -> int:
-    """Print each failed input with its reason on stderr; the exit status (1 if any failed)."""
-    if not failures:
-        return 0
-    print(f"{len(failures)} input{'s' if len(failures) > 1 else ''} failed:", file=sys.stderr)
-    for path, reason in failures:
-        print(f"  {path}: {reason}", file=sys.stderr)
-    return 1

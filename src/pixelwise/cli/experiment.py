@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 from pixelwise.experiments.base import DEFAULT_SEEDS
+from pixelwise.experiments.runner import StudyOptions
 
 
 def describe_studies(width: int = 100) -> str:
@@ -26,8 +27,7 @@ def describe_studies(width: int = 100) -> str:
     return "\n\n".join(blocks)
 
 
-def add_experiment_parser(commands: argparse._SubParsersAction) -> None:
-    """Register ``pixelwise experiment`` on the main parser's subcommands."""
+def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "experiment",
         help="run a fixed-budget study of an FCN / U-Net / SegNet claim (--list shows them)",
@@ -51,8 +51,9 @@ def add_experiment_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--budget",
         type=float,
-        default=1.0,
-        help="multiplies the steps of every run; 1.0 (default) is about 20 min for a study on 2 CPU cores",
+        default=StudyOptions.budget,
+        help=f"multiplies the steps of every run; {StudyOptions.budget} (default) is about 20 min for a study "
+        "on 2 CPU cores",
     )
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help=f"seeds per variant (default {DEFAULT_SEEDS})")
     parser.add_argument(
@@ -64,13 +65,12 @@ def add_experiment_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--keep-runs", action="store_true", help="keep checkpoints and weights of every run")
     parser.add_argument("--dry-run", action="store_true", help="check the data and print the planned runs only")
-    parser.set_defaults(func=cmd_experiment)
+    parser.set_defaults(func=run)
 
 
-def cmd_experiment(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """List the studies, or plan and run one."""
     from pixelwise.experiments import data_folder, get_study, plan, run_study
-    from pixelwise.experiments.runner import StudyOptions
 
     if args.list or not args.name:
         print(describe_studies())

@@ -1,0 +1,47 @@
+"""``pixelwise check-data``: read every image/mask pair once; print what is wrong per file and the class statistics."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pixelwise.modes import IGNORE_INDEX
+
+
+def add_parser(commands: Any) -> None:
+    check = commands.add_parser(
+        "check-data", help="check a data folder: unpaired, unreadable or mismatched files, class frequencies"
+    )
+    check.add_argument("path", help="data folder with images/ and masks/ (or split folders train/, val/, ...)")
+    check.add_argument("--split", default=None, help="split folder to check, e.g. train")
+    check.add_argument(
+        "--classes",
+        default=None,
+        metavar="K|FILE",
+        help="number of classes, or a classes.yaml/.json (default: the folder's class file, else inferred)",
+    )
+    check.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,  # None: check_dataset decides, as 0/255 masks read 255 as the foreground
+        help=f"mask value of void pixels (default {IGNORE_INDEX}; masks holding only 0 and {IGNORE_INDEX} read "
+        f"{IGNORE_INDEX} as the foreground)",
+    )
+    check.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the folder and print its report; exit status 1 if anything is wrong."""
+    from pixelwise.data import ClassInfo, check_dataset
+
+    classes, num_classes = None, None
+    if args.classes is not None:
+        if args.classes.isdigit():
+            num_classes = int(args.classes)
+        else:
+            classes = ClassInfo.load(args.classes)
+    report = check_dataset(
+        args.path, split=args.split, num_classes=num_classes, classes=classes, ignore_index=args.ignore_index
+    )
+    print(report.format(max_problems=None))
+    return 0 if report.ok else 1

@@ -1,0 +1,72 @@
+"""``pixelwise evaluate``: metrics.json, a confusion matrix and report.html for a trained model on a data split."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pixelwise.cli._table import fmt, table
+from pixelwise.evaluate import GALLERY_SIZE
+from pixelwise.inference.tta import TTA_MODES
+from pixelwise.instances.postprocess import METHODS as INSTANCE_METHODS
+
+
+def add_parser(commands: Any) -> None:
+    evaluate = commands.add_parser("evaluate", help="metrics, confusion matrix and report.html for a trained model")
+    evaluate.add_argument("--checkpoint", required=True, help="run directory (runs/<name>), saved model or .ckpt")
+    evaluate.add_argument("--data", required=True, help="data folder")
+    evaluate.add_argument("--split", default="val", help="split subfolder to evaluate (default val)")
+    evaluate.add_argument("--out", default=None, help="output folder (default <run>/eval-<split>)")
+    evaluate.add_argument("--gallery", type=int, default=GALLERY_SIZE, help="number of example panels in the report")
+    evaluate.add_argument("--files", default=None, help="only these files: a glob over file names, e.g. '2[0-4]'")
+    evaluate.add_argument(
+        "--instances",
+        action="store_true",
+        help="also score objects: precision/recall/F1 at IoU 0.5, DSB score, panoptic quality (true objects from "
+        "the data's instances/ folder, else connected components of the masks)",
+    )
+    evaluate.add_argument(
+        "--instance-method",
+        choices=("auto", *INSTANCE_METHODS),
+        default="auto",
+        help="how probabilities become objects (default auto: watershed for --target boundary models, else components)",
+    )
+    evaluate.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default=None,
+        help="test-time augmentation, probabilities averaged (default none)",
+    )
+    evaluate.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate a trained model on a data split; print per-class metrics and the report's path."""
+    from pixelwise.evaluate import evaluate
+
+    metrics = evaluate(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        out_dir=args.out,
+        gallery_size=args.gallery,
+        files=args.files,
+        instances=args.instances,
+        instance_method=args.instance_method,
+        tta=args.tta,
+    )
+    rows = [
+        [name, fmt(iou), fmt(f1), fmt(p), fmt(r)]
+        for name, iou, f1, p, r in zip(
+            metrics["class_names"], metrics["iou"], metrics["f1"], metrics["precision"], metrics["recall"], strict=True
+        )
+    ]
+    print(table(rows, ["class", "IoU", "F1", "precision", "recall"]))
+    summary = f"mean IoU {metrics['mean_iou']:.4f}  mean F1 {metrics['mean_f1']:.4f}"
+    print(f"\n{summary}  pixel accuracy {metrics['accuracy']:.4f}")
+    if "instances" in metrics:
+        found = metrics["instances"]
+        keys = ("dsb_score", "pq", "sq", "rq", "f1", "precision", "recall", "count_error")
+        print(f"instances ({found['method']}): " + "  ".join(f"{k} {fmt(found[k])}" for k in keys))
+    print(f"report: {metrics['report']}")
+    return 0

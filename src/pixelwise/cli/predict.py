@@ -1,0 +1,153 @@
+"""``pixelwise predict``: label maps (and optionally probabilities and overlays) for image files.
+
+For each input ``<stem>.<ext>`` it writes into ``--out`` what :func:`pixelwise.inference.files.predict_file`
+writes: ``<stem>.png`` (``<stem>.tif`` for large images or more than 256 classes); with ``--save-probs``
+``<stem>_probs.npy``; with ``--overlay`` ``<stem>_overlay.png``; with ``--instances`` the objects.
+Temporary files left by killed runs are removed at the start. Options, the device and ``--out`` are
+checked before the model is loaded: ``--out`` must not hold any input. An input that cannot be read
+(missing, a broken link, not a regular file, a glob or folder without images, a corrupt image, a
+decompression bomb, NaN pixels) or predicted is reported at the end with its reason (exit status 1)
+and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.inference import predictor
+from pixelwise.inference.files import DEFAULT_TILE_SIZE, collect_inputs, predict_file, prepare_out
+from pixelwise.inference.tta import TTA_MODES
+
+PREDICTOR_DEFAULTS = {
+    name: parameter.default for name, parameter in inspect.signature(predictor.Predictor).parameters.items()
+}
+"""The defaults of :class:`~pixelwise.inference.Predictor`'s arguments, which the options below show and pass on."""
+
+
+def add_parser(commands: Any) -> None:
+    defaults = PREDICTOR_DEFAULTS
+    batch_size, overlap, blend = defaults["batch_size"], defaults["overlap"], defaults["blend"]
+    predict = commands.add_parser("predict", help="predict label maps for image files (tiled, any size)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    predict.add_argument("--model", required=True, help="run directory, save_pretrained directory or .onnx file")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument(
+        "--tile",
+        type=int,
+        default=DEFAULT_TILE_SIZE,
+        help=f"tile size in pixels (0: whole images; default {DEFAULT_TILE_SIZE})",
+    )
+    predict.add_argument("--overlap", type=float, default=overlap, help=f"tile overlap fraction (default {overlap})")
+    predict.add_argument("--blend", default=blend, help=f"gaussian, linear or none (default {blend})")
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help=f"tiles per forward pass (default {batch_size}; more on a GPU)",
+    )
+    predict.add_argument(
+        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation, probabilities averaged (default none)"
+    )
+    predict.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
+    predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    predict.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write <stem>_instances.png and <stem>_objects.json (objects drawn on the --overlay)",
+    )
+    backend, precision = defaults["backend"], defaults["precision"]
+    predict.add_argument("--backend", default=backend, help=f"torch or onnxruntime (default {backend})")
+    predict.add_argument("--precision", default=precision, help="fp32, bf16 or int8 (int8: onnxruntime)")
+    predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bars")
+    predict.set_defaults(func=run)
+
+
+def check_predict_options(args: argparse.Namespace) -> None:
+    """Validate the sizes and choices of ``pixelwise predict`` before any work.
+
+    Raises:
+        ConfigError: names the option, the value and the valid range or choices.
+    """
+    from pixelwise.inference.backends import BACKENDS
+    from pixelwise.inference.predictor import PRECISIONS, check_choice, check_device, check_fraction, check_int
+    from pixelwise.inference.tiling import BLEND_MODES
+
+    check_int("--tile", args.tile, 0, " (0: whole images)")
+    check_fraction("--overlap", args.overlap)
+    check_int("--batch-size", args.batch_size, 1)
+    for option, value, choices in (
+        ("--blend", args.blend, BLEND_MODES),
+        ("--backend", args.backend, BACKENDS),
+        ("--precision", args.precision, PRECISIONS),
+    ):
+        check_choice(option, value, choices)
+    check_device(args.device, "--device")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check options, inputs and --out, build the predictor, predict every input, report failures
+    (unreadable inputs included)."""
+    import functools
+
+    from pixelwise.data.folder import IMAGE_READ_ERRORS
+    from pixelwise.inference import Predictor
+    from pixelwise.instances import write_prediction_instances
+    from pixelwise.io import remove_stale_temporaries
+
+    check_predict_options(args)
+    model = Path(args.model)
+    if not model.exists():
+        raise ConfigError(
+            f"--model {args.model!r} does not exist; pass a run directory (runs/<name> from `pixelwise train`), "
+            "a folder written by model.save_pretrained(), or an .onnx file with --backend onnxruntime."
+        )
+    inputs, unreadable = collect_inputs(args.inputs)
+    out = prepare_out(args.out, inputs)
+    removed = remove_stale_temporaries(out)
+    if removed:
+        print(f"removed {len(removed)} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
+    tiled = Predictor(
+        model,
+        tile_size=args.tile or None,
+        overlap=args.overlap,
+        blend=args.blend,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+    )
+    failures: list[tuple[Any, str]] = list(unreadable)
+    items: Any = inputs
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        items = tqdm(inputs, desc="predict", unit="image")
+    instances = functools.partial(write_prediction_instances, model=model) if args.instances else None
+    written = 0
+    for path in items:
+        try:
+            written += len(
+                predict_file(tiled, path, out, args.save_probs, args.overlay, not args.no_progress, instances)
+            )
+        except (PixelwiseError, *IMAGE_READ_ERRORS) as error:
+            failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
+    total = len(inputs) + len(unreadable)
+    print(f"predicted {total - len(failures)} of {total} images into {out} ({written} files)")
+    return report_failures(failures)
+
+
+def report_failures(failures: list[tuple[Any, str]]) -> int:
+    """Print each failed input with its reason on stderr; the exit status (1 if any failed)."""
+    if not failures:
+        return 0
+    print(f"{len(failures)} input{'s' if len(failures) > 1 else ''} failed:", file=sys.stderr)
+    for path, reason in failures:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    return 1
