@@ -13,7 +13,14 @@ from torch import nn
 
 import pixelwise
 from pixelwise.errors import ConfigError, InputSizeError
-from pixelwise.inference import Predictor, fold_batchnorm, predict_tiff
+from pixelwise.inference import (
+    NormalizationOptions,
+    Predictor,
+    RuntimeOptions,
+    TilingOptions,
+    fold_batchnorm,
+    predict_tiff,
+)
 from pixelwise.inference.stream import TiffSource
 from pixelwise.inference.tiling import blend_window, fit_tile, forward_mirrored, mirror_index, scan_axis
 
@@ -336,3 +343,47 @@ def test_onnxruntime_backend_matches_torch(tmp_path):
     probabilities = quantized.predict(image)
     assert probabilities.shape == expected.shape
     np.testing.assert_allclose(probabilities.sum(0), 1, atol=1e-5)
+
+
+def test_grouped_options_and_deprecated_flat_keywords_predict_the_same():
+    net = small_net()
+    image = torch.rand(3, 70, 90)
+    grouped = Predictor(
+        net,
+        tiling=TilingOptions(tile_size=32, overlap=0.5, blend="linear", batch_size=3, margin=2),
+        runtime=RuntimeOptions(device="cpu", channels_last=False),
+        normalization=NormalizationOptions(mean=[0.5] * 3, std=[0.25] * 3),
+        tta="hflip",
+    )
+    with pytest.warns(DeprecationWarning, match=r"tiling=TilingOptions\(tile_size=32"):
+        flat = Predictor(
+            net,
+            tile_size=32,
+            overlap=0.5,
+            blend="linear",
+            batch_size=3,
+            margin=2,
+            device="cpu",
+            channels_last=False,
+            mean=[0.5] * 3,
+            std=[0.25] * 3,
+            tta="hflip",
+        )
+    np.testing.assert_array_equal(grouped.predict(image), flat.predict(image))
+    assert flat.tiling == grouped.tiling and flat.runtime == grouped.runtime
+    with pytest.warns(DeprecationWarning, match=r"with_progress\(True\)"):
+        assert Predictor(net, progress=True).options.progress
+    with pytest.raises(TypeError, match="tile_sise"):
+        Predictor(net, tile_sise=32)
+
+
+def test_options_are_checked_in_their_groups_and_with_progress_copies():
+    with pytest.raises(ConfigError, match="tile_size=0 is out of range"):
+        TilingOptions(tile_size=0)
+    with pytest.raises(ConfigError, match="unknown precision option 'fp16'"):
+        RuntimeOptions(precision="fp16")
+    predictor = Predictor(small_net(), tiling=TilingOptions(tile_size=32))
+    shown = predictor.with_progress()
+    assert shown.options.progress and not predictor.options.progress
+    image = np.random.default_rng(0).random((40, 50, 3), dtype=np.float32)
+    np.testing.assert_array_equal(shown.predict(image), predictor.predict(image))

@@ -369,7 +369,7 @@ def test_mask_offset_shifts_the_images_onto_their_masks_in_training_and_predicti
         return torch.from_numpy(ndimage.shift(image.numpy(), (0,) * (image.ndim - 2) + offset, order=1, mode="nearest"))
 
     raw = SegmentationFolder(cells, split="val")[0]["image"]
-    data = SegmentationDataModule(config.to_dict(), num_classes=2)
+    data = SegmentationDataModule(config, num_classes=2)
     data.setup()
     torch.testing.assert_close(data.val_set[0]["image"], shifted(raw))
     # the saved model shifts what it is given the same way, before the flips of test-time augmentation

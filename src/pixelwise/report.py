@@ -163,6 +163,39 @@ def write_report(
     sections = [_header(title, metrics), _per_class_section(metrics, names, palette)]
     if instance_metrics:
         sections.append(_instance_section(instance_metrics))
+    if curves_png is not None or confusion_png is not None:
+        sections.append(_figures_section(curves_png, confusion_png, out_dir))
+    if gallery:
+        sections.append(_gallery_section(gallery, out_dir, metrics.get("images")))
+    if config:
+        sections.append(_config_section(config))
+    if notes:
+        sections.append(_notes_section(notes))
+    page = _page(title, sections)
+    path = out_dir / REPORT_NAME
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sections
+
+
+def _page(title: str, sections: Sequence[str]) -> str:
+    """The whole HTML document: head with the CSS, the ``sections`` in order, and the footer."""
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
+        + "\n".join(sections)
+        + f"\n<footer>Written by pixelwise {_esc(__version__)}.</footer>\n</main>\n</body>\n</html>\n"
+    )
+
+
+def _figures_section(curves_png: str | Path | None, confusion_png: str | Path | None, out_dir: Path) -> str:
+    """The training curves and confusion matrix (those given), placed in ``out_dir``."""
     figures = []
     if curves_png is not None:
         figures.append(_figure(_place(curves_png, out_dir, out_dir), "training curves", "Training curves"))
@@ -174,34 +207,13 @@ def write_report(
                 "Confusion matrix, normalised per row (rows: ground truth, columns: prediction)",
             )
         )
-    if figures:
-        sections.append(
-            f'<section id="figures">\n<h2>Figures</h2>\n<div class="figures">\n{"".join(figures)}</div>\n</section>'
-        )
-    if gallery:
-        sections.append(_gallery_section(gallery, out_dir, metrics.get("images")))
-    if config:
-        sections.append(_config_section(config))
-    if notes:
-        items = "".join(f"<li>{_esc(line)}</li>\n" for line in notes)
-        sections.append(f'<section id="notes">\n<h2>Notes</h2>\n<ul class="notes">\n{items}</ul>\n</section>')
-
-    page = (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
-        + "\n".join(sections)
-        + f"\n<footer>Written by pixelwise {_esc(__version__)}.</footer>\n</main>\n</body>\n</html>\n"
-    )
-    path = out_dir / REPORT_NAME
-    with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return path
+    return f'<section id="figures">\n<h2>Figures</h2>\n<div class="figures">\n{"".join(figures)}</div>\n</section>'
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# sections
+def _notes_section(notes: Sequence[str]) -> str:
+    """The free-text notes as a list."""
+    items = "".join(f"<li>{_esc(line)}</li>\n" for line in notes)
+    return f'<section id="notes">\n<h2>Notes</h2>\n<ul class="notes">\n{items}</ul>\n</section>'
 
 
 def _header(title: str, metrics: Mapping[str, Any]) -> str:

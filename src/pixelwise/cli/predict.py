@@ -13,25 +13,24 @@ and does not stop the others.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from pathlib import Path
 from typing import Any
 
 from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.inference import predictor
 from pixelwise.inference.files import DEFAULT_TILE_SIZE, collect_inputs, predict_file, prepare_out
+from pixelwise.inference.predictor import (
+    DEFAULT_BACKEND,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BLEND,
+    DEFAULT_OVERLAP,
+    DEFAULT_PRECISION,
+)
 from pixelwise.inference.tta import TTA_MODES
-
-PREDICTOR_DEFAULTS = {
-    name: parameter.default for name, parameter in inspect.signature(predictor.Predictor).parameters.items()
-}
-"""The defaults of :class:`~pixelwise.inference.Predictor`'s arguments, which the options below show and pass on."""
 
 
 def add_parser(commands: Any) -> None:
-    defaults = PREDICTOR_DEFAULTS
-    batch_size, overlap, blend = defaults["batch_size"], defaults["overlap"], defaults["blend"]
+    batch_size, overlap, blend = DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_BLEND
     predict = commands.add_parser("predict", help="predict label maps for image files (tiled, any size)")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     predict.add_argument("--model", required=True, help="run directory, save_pretrained directory or .onnx file")
@@ -60,7 +59,7 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="also write <stem>_instances.png and <stem>_objects.json (objects drawn on the --overlay)",
     )
-    backend, precision = defaults["backend"], defaults["precision"]
+    backend, precision = DEFAULT_BACKEND, DEFAULT_PRECISION
     predict.add_argument("--backend", default=backend, help=f"torch or onnxruntime (default {backend})")
     predict.add_argument("--precision", default=precision, help="fp32, bf16 or int8 (int8: onnxruntime)")
     predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     import functools
 
     from pixelwise.data.folder import IMAGE_READ_ERRORS
-    from pixelwise.inference import Predictor
+    from pixelwise.inference import Predictor, RuntimeOptions, TilingOptions
     from pixelwise.instances import write_prediction_instances
     from pixelwise.io import remove_stale_temporaries
 
@@ -114,14 +113,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"removed {len(removed)} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
     tiled = Predictor(
         model,
-        tile_size=args.tile or None,
-        overlap=args.overlap,
-        blend=args.blend,
-        batch_size=args.batch_size,
+        tiling=TilingOptions(
+            tile_size=args.tile or None, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size
+        ),
+        runtime=RuntimeOptions(backend=args.backend, precision=args.precision, device=args.device),
         tta=args.tta,
-        backend=args.backend,
-        precision=args.precision,
-        device=args.device,
     )
     failures: list[tuple[Any, str]] = list(unreadable)
     items: Any = inputs

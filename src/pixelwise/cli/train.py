@@ -90,11 +90,14 @@ def _text_or_text_list(text: str) -> str | list[str]:
 
 
 def _converter(annotation: Any) -> Any:
-    """The argparse ``type`` for a field annotation (``X | None`` converts like X)."""
+    """The argparse ``type`` for a field annotation (``X | None`` converts like X; a ``Literal`` of texts
+    like str, its choices being checked with the rest of the config)."""
     base = annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         base = args[0] if len(args) == 1 else annotation
+    if typing.get_origin(base) is typing.Literal:
+        base = type(typing.get_args(base)[0])
     if base in (int, float, str):
         return base
     if typing.get_origin(base) is dict or base is dict:

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from pixelwise.data.folder import (
     MAX_LISTED,
     MIN_INFERRED_CLASSES,
     DataError,
+    FolderLayout,
     binary_mask_values,
     image_scale,
     read_image_array,
@@ -328,10 +329,7 @@ def check_dataset(
     """
     layout = scan_folder(root, split, files)
     ignore = IGNORE_INDEX if ignore_index is None else ignore_index
-    report = DataReport(root=layout.base, ignore_index=ignore)
-    report.problems += [(str(p), why) for p, why in layout.duplicates]
-    report.problems += [(str(p), "image has no mask (same file stem) in masks/") for p in layout.images_without_mask]
-    report.problems += [(str(p), "mask has no image (same file stem) in images/") for p in layout.masks_without_image]
+    report = _partner_problems(layout, ignore)
     if classes is None:
         classes = ClassInfo.find(layout.base)
     if classes is not None and num_classes is not None and classes.num_classes != num_classes:
@@ -344,11 +342,7 @@ def check_dataset(
     inspect = functools.partial(
         _inspect_pair, classes=classes, ignore_index=ignore, values=values, explicit_ignore=ignore_index
     )
-    show = progress if progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS
-    # decoding releases the GIL, so a few threads read files in parallel; results come back in order
-    with ThreadPoolExecutor(max_workers=min(MAX_READERS, os.cpu_count() or 1)) as pool:
-        mapped = pool.map(inspect, pairs)
-        results = list(tqdm(mapped, total=len(pairs), desc="checking", unit="pair", file=sys.stderr, disable=not show))
+    results = _inspect_all(pairs, inspect, progress)
     if values is None:
         stored = set().union(*(r.values.tolist() for r in results if r.values is not None))
         values = binary_mask_values(stored, ignore_index, classes)
@@ -357,16 +351,41 @@ def check_dataset(
     _count_classes(report, results, [image for image, _ in pairs], known_k)
     _channel_statistics(report, results, [image for image, _ in pairs])
     report.class_names = classes.names if classes is not None else [f"class_{i}" for i in range(report.num_classes)]
+    _median_offset(report, results)
+    if report.num_pairs and not report.class_pixels.sum() and report.void_pixels:
+        report.problems.append((str(layout.base / "masks"), _all_ignored_problem(report, results)))
+    report.problems.sort(key=lambda item: item[0])
+    return report
+
+
+def _partner_problems(layout: FolderLayout, ignore: int) -> DataReport:
+    """A new report listing the duplicate names and the images or masks without a partner."""
+    report = DataReport(root=layout.base, ignore_index=ignore)
+    report.problems += [(str(p), why) for p, why in layout.duplicates]
+    report.problems += [(str(p), "image has no mask (same file stem) in masks/") for p in layout.images_without_mask]
+    report.problems += [(str(p), "mask has no image (same file stem) in images/") for p in layout.masks_without_image]
+    return report
+
+
+def _inspect_all(
+    pairs: list[tuple[Path, Path]], inspect: Callable[[tuple[Path, Path]], _PairResult], progress: bool | None
+) -> list[_PairResult]:
+    """``inspect`` every pair, in order, with a progress bar when ``progress`` (default: for large folders)."""
+    show = progress if progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS
+    # decoding releases the GIL, so a few threads read files in parallel; results come back in order
+    with ThreadPoolExecutor(max_workers=min(MAX_READERS, os.cpu_count() or 1)) as pool:
+        mapped = pool.map(inspect, pairs)
+        return list(tqdm(mapped, total=len(pairs), desc="checking", unit="pair", file=sys.stderr, disable=not show))
+
+
+def _median_offset(report: DataReport, results: list[_PairResult]) -> None:
+    """Set the median image-to-mask offset over the pairs where it was measured."""
     offsets = [r.offset for r in results if r.offset is not None and np.isfinite(r.offset).any()]
     if offsets:
         with warnings.catch_warnings():  # an axis never measured stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             report.mask_offset = np.nanmedian(np.stack(offsets), axis=0)
         report.offset_pairs = len(offsets)
-    if report.num_pairs and not report.class_pixels.sum() and report.void_pixels:
-        report.problems.append((str(layout.base / "masks"), _all_ignored_problem(report, results)))
-    report.problems.sort(key=lambda item: item[0])
-    return report
 
 
 def _count_classes(report: DataReport, results: list[_PairResult], images: list[Path], known_k: int | None) -> None:

@@ -18,7 +18,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,10 @@ DEFAULT_OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 TORCHSCRIPT_METADATA = "pixelwise.json"
 """Name of the extra file holding the metadata inside a TorchScript archive."""
+
+Checked = tuple[tuple[int, ...], float, int | None]
+"""What :func:`export_check.verify` returns: verified input shape, difference, label mismatches."""
+Unchecked = tuple[None, None, None]
 
 
 @dataclass
@@ -103,6 +107,80 @@ def _graph(module: nn.Module, info: dict[str, Any], raw: bool) -> nn.Module:
         )
     mean, std = torch.tensor(info["mean"]), torch.tensor(info["std"])
     return RawImageModel(exportable_copy(module), mean, std, info["scale"], info["mask_offset"]).eval()
+
+
+@dataclass
+class _Prepared:
+    """A model made ready to export: the resolved module and its settings, the graph to record,
+    the example input, the size to verify at and the metadata to store."""
+
+    module: nn.Module
+    info: dict[str, Any]
+    graph: nn.Module
+    example: torch.Tensor
+    verify_size: tuple[int, int]
+    metadata: dict[str, str]
+
+    def verify(self, run: Callable[[torch.Tensor], torch.Tensor], raw: bool, tolerance: float, what: str) -> Checked:
+        """Compare the exported ``run`` with the eager module (see :func:`export_check.verify`)."""
+        return check.verify(run, self.module, self.info, raw, self.verify_size, tolerance, what)
+
+    def report(self, path: str | os.PathLike, fmt: str, checked: Checked | Unchecked, start: float) -> ExportReport:
+        """The :class:`ExportReport` of an export to ``path`` begun at ``start`` (``time.perf_counter``)."""
+        metadata = self.metadata
+        return ExportReport(
+            Path(path),
+            fmt,
+            metadata["input_format"],
+            metadata["output"],
+            tuple(self.example.shape),
+            *checked,
+            time.perf_counter() - start,
+            metadata,
+        )
+
+
+def _prepare(
+    model: Any, in_channels: int | None, mean: Any, std: Any, sample_size: tuple[int, int], raw: bool
+) -> _Prepared:
+    """Resolve ``model`` and build what both exporters record and store."""
+    module, info = check.resolve(model, in_channels, mean, std)
+    sample, verify_size = check.sizes(module, sample_size)
+    graph = _graph(module, info, raw)
+    example = check.example(info, sample, 1, raw)
+    metadata = check.metadata(module, info, raw)
+    return _Prepared(module, info, graph, example, verify_size, metadata)
+
+
+def _trace_onnx(graph: nn.Module, example: torch.Tensor, tmp: Path, opset: int, exporter: str, raw: bool) -> None:
+    """Record ``graph`` as ONNX in ``tmp`` with dynamic batch, height and width."""
+    output = "labels" if raw else "logits"
+    axes = {0: "batch", 2: "height", 3: "width"}
+    output_axes = {0: "batch", 1: "height", 2: "width"} if raw else axes
+    if exporter == "dynamo":
+        dims = dict.fromkeys(axes, torch.export.Dim.DYNAMIC)
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            opset_version=max(opset, 18),
+            dynamic_shapes=[dims],
+            input_names=["image"],
+            output_names=[output],
+            verbose=False,
+        )
+        program.save(str(tmp))
+    else:
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=[output],
+            dynamic_axes={"image": axes, output: output_axes},
+        )
 
 
 def _check_output_path(path: str | os.PathLike, example: str) -> None:
@@ -173,58 +251,19 @@ def export_onnx(
     if verify:
         check.import_optional("onnxruntime")
     start = time.perf_counter()
-    module, info = check.resolve(model, in_channels, mean, std)
-    sample, verify_size = check.sizes(module, sample_size)
-    graph = _graph(module, info, with_preprocessing)
-    example = check.example(info, sample, 1, with_preprocessing)
-    output = "labels" if with_preprocessing else "logits"
-    axes = {0: "batch", 2: "height", 3: "width"}
-    output_axes = {0: "batch", 1: "height", 2: "width"} if with_preprocessing else axes
-    metadata = check.metadata(module, info, with_preprocessing)
+    prepared = _prepare(model, in_channels, mean, std, sample_size, with_preprocessing)
     with atomic_path(path) as tmp, _tracing():
-        if exporter == "dynamo":
-            dims = dict.fromkeys(axes, torch.export.Dim.DYNAMIC)
-            program = torch.onnx.export(
-                graph,
-                (example,),
-                dynamo=True,
-                opset_version=max(opset, 18),
-                dynamic_shapes=[dims],
-                input_names=["image"],
-                output_names=[output],
-                verbose=False,
-            )
-            program.save(str(tmp))
-        else:
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=[output],
-                dynamic_axes={"image": axes, output: output_axes},
-            )
+        _trace_onnx(prepared.graph, prepared.example, tmp, opset, exporter, with_preprocessing)
         proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, metadata)
+        onnx.helper.set_model_props(proto, prepared.metadata)
         onnx.save(proto, str(tmp))
-        checked = (None, None, None)
+        checked: Checked | Unchecked = (None, None, None)
         if verify:
             from pixelwise.inference.onnx_runtime import OnnxModel
 
             session = OnnxModel(tmp)
-            checked = check.verify(session, module, info, with_preprocessing, verify_size, tolerance, "ONNX")
-    return ExportReport(
-        Path(path),
-        "onnx",
-        metadata["input_format"],
-        metadata["output"],
-        tuple(example.shape),
-        *checked,
-        time.perf_counter() - start,
-        metadata,
-    )
+            checked = prepared.verify(session, with_preprocessing, tolerance, "ONNX")
+    return prepared.report(path, "onnx", checked, start)
 
 
 def export_torchscript(
@@ -252,31 +291,18 @@ def export_torchscript(
     """
     _check_output_path(path, "model.pt")
     start = time.perf_counter()
-    module, info = check.resolve(model, in_channels, mean, std)
-    sample, verify_size = check.sizes(module, sample_size)
-    graph = _graph(module, info, with_preprocessing)
-    example = check.example(info, sample, 1, with_preprocessing)
-    metadata = check.metadata(module, info, with_preprocessing)
+    prepared = _prepare(model, in_channels, mean, std, sample_size, with_preprocessing)
     with atomic_path(path) as tmp:
         with _tracing(), torch.no_grad():
-            traced = torch.jit.trace(graph, (example,), check_trace=False)
-            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+            traced = torch.jit.trace(prepared.graph, (prepared.example,), check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_METADATA: json.dumps(prepared.metadata)})
             loaded = torch.jit.load(str(tmp)) if verify else None
-        checked = (None, None, None)
+        checked: Checked | Unchecked = (None, None, None)
         if loaded is not None:
 
             def run(x: torch.Tensor) -> torch.Tensor:
                 with torch.inference_mode():
                     return loaded(x)
 
-            checked = check.verify(run, module, info, with_preprocessing, verify_size, tolerance, "TorchScript")
-    return ExportReport(
-        Path(path),
-        "torchscript",
-        metadata["input_format"],
-        metadata["output"],
-        tuple(example.shape),
-        *checked,
-        time.perf_counter() - start,
-        metadata,
-    )
+            checked = prepared.verify(run, with_preprocessing, tolerance, "TorchScript")
+    return prepared.report(path, "torchscript", checked, start)

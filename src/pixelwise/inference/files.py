@@ -300,12 +300,10 @@ def _predict_large(predictor: Any, path: Path, target: Path, probs_path: Path | 
 
     No overlay: it would need the whole image in memory.
     """
-    import dataclasses
-
     from pixelwise.inference.stream import predict_tiff, predict_to_tiff
     from pixelwise.inference.tiling import ArraySource
 
-    predictor.options = dataclasses.replace(predictor.options, progress=progress)
+    predictor = predictor.with_progress(progress)  # a configured copy: the caller's predictor is unchanged
     if path.suffix.lower() in TIFF_SUFFIXES:  # streamed: TiffSource checks each band for NaN
         predict_tiff(predictor, path, target, probs_path, compression="zlib")
     else:

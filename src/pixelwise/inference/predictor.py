@@ -9,8 +9,11 @@ trained, predicts in overlapping tiles (:mod:`~pixelwise.inference.tiling`), ble
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ BINARY_THRESHOLD = 0.5
 MAX_UINT8_CLASSES = 256
 """Label maps are uint8 up to this many classes, int32 beyond."""
 PRECISIONS = ("fp32", "bf16", "int8")
+"""Numeric precisions :class:`RuntimeOptions` accepts."""
 
 
 def labels_from_scores(scores: np.ndarray, threshold: float = BINARY_THRESHOLD) -> np.ndarray:
@@ -53,29 +57,32 @@ def labels_from_scores(scores: np.ndarray, threshold: float = BINARY_THRESHOLD) 
     return scores.argmax(0).astype(np.uint8 if scores.shape[0] <= MAX_UINT8_CLASSES else np.int32)
 
 
-class Predictor:
-    """Tiled, blended, optionally test-time-augmented prediction for images of any size.
+DEFAULT_OVERLAP = 0.25
+"""Fraction of a tile shared with its neighbour."""
+DEFAULT_BLEND = "gaussian"
+"""How overlapping tiles are blended (one of ``BLEND_MODES``)."""
+DEFAULT_BATCH_SIZE = 2
+"""Tiles per forward pass: 2 streamed a 64 Mpx image as fast as 4 on a 2-core CPU with 260 MB less
+peak memory (docs/RESULTS.md); raise it on a GPU."""
+DEFAULT_PADDING_MODE = "reflect"
+"""Where tiles reach beyond the image: mirror it, as the U-Net paper does."""
+DEFAULT_BACKEND = "torch"
+"""Which runtime executes the model (one of ``backends.BACKENDS``)."""
+DEFAULT_PRECISION = "fp32"
+"""Numeric precision of the forward pass (one of ``PRECISIONS``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingOptions:
+    """How an image is cut into tiles, batched and blended back.
 
     Args:
-        model: a module or any callable mapping float ``[N, C, H, W]`` to logits ``[N, K, H, W]``;
-            a :class:`~pixelwise.evaluate.LoadedModel`; a run / ``save_pretrained`` directory (its
-            mean, std, scale and classes are used); or an ``.onnx`` file (with ``backend="onnxruntime"``).
         tile_size: tile side in pixels; None predicts the whole image at once. Images no larger
             than a tile run whole. For UNet2015 it is the input tile (rounded up to a valid size).
         overlap: fraction of a tile shared with its neighbour (MONAI's scan; unused by UNet2015,
             whose output tiles abut exactly).
         blend: ``"gaussian"`` (MONAI's window, σ = tile/8), ``"linear"`` (tent) or ``"none"`` (mean).
-        batch_size: tiles per forward pass. 2 streamed a 64 Mpx image as fast as 4 on a 2-core CPU with
-            260 MB less peak memory (docs/RESULTS.md); raise it on a GPU.
-        tta: None, ``"hflip"`` (2: left-right flip), ``"flips"`` (4 flips) or ``"d4"`` (8
-            rotations/flips); probabilities are averaged.
-        backend: ``"torch"`` or ``"onnxruntime"`` (torch models are exported to a temporary file).
-        precision: ``"fp32"``; ``"bf16"`` (torch autocast); ``"int8"`` (quantized ONNX model).
-        device: torch device; default CUDA when available for modules, else CPU.
-        mean, std: per-channel normalisation of [0, 1] inputs; default the loaded model's, else none.
-        scale: the model's input scale (images are resized by it per tile; scores resized back).
-        compile: run the model through ``torch.compile``.
-        progress: show a progress bar over tiles.
+        batch_size: tiles per forward pass (see :data:`DEFAULT_BATCH_SIZE`).
         padding_mode: where tiles reach beyond the image (UNet2015's border, or images smaller than
             the tile with ``"constant"``): ``"reflect"`` mirrors the image, as the U-Net paper does;
             ``"constant"`` reproduces MONAI (zero after normalisation, tiles padded to full size).
@@ -84,56 +91,168 @@ class Predictor:
         fit_tiles: shrink the tile (to no less than half, in steps of the model's ``input_multiple``)
             where that covers the image with the same overlap fraction and less computation
             (:func:`~pixelwise.inference.tiling.fit_tile`); False keeps MONAI's exact tile layout.
+
+    Raises:
+        ConfigError: an unknown blend or padding mode, or a size or fraction out of range (names the option).
+    """
+
+    tile_size: int | None = None
+    overlap: float = DEFAULT_OVERLAP
+    blend: str = DEFAULT_BLEND
+    batch_size: int = DEFAULT_BATCH_SIZE
+    padding_mode: str = DEFAULT_PADDING_MODE
+    margin: int = 0
+    fit_tiles: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("blend", self.blend, BLEND_MODES)
+        check_choice("padding_mode", self.padding_mode, PADDING_MODES)
+        if self.tile_size is not None:
+            check_int("tile_size", self.tile_size, 1, ", or None for whole images")
+        check_fraction("overlap", self.overlap)
+        check_int("batch_size", self.batch_size, 1)
+        object.__setattr__(self, "overlap", float(self.overlap))
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+        object.__setattr__(self, "margin", int(self.margin))
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """How and where the model runs.
+
+    Args:
+        backend: ``"torch"`` or ``"onnxruntime"`` (torch models are exported to a temporary file).
+        precision: ``"fp32"``; ``"bf16"`` (torch autocast); ``"int8"`` (quantized ONNX model).
+        device: torch device; default (None) CUDA when available for modules, else CPU. Stored as a
+            :class:`torch.device` once checked.
+        compile: run the model through ``torch.compile``.
         fold_bn: merge BatchNorm into the convolutions before it (:func:`fold_batchnorm`).
         channels_last: NHWC memory layout for torch modules (default on: about 10 % faster for a
             ResNet-34 U-Net on a 2-core CPU; turn it off if a model runs slower so).
 
+    Raises:
+        ConfigError: an unknown backend or precision, or a device this machine lacks.
+    """
+
+    backend: str = DEFAULT_BACKEND
+    precision: str = DEFAULT_PRECISION
+    device: str | torch.device | None = None
+    compile: bool = False
+    fold_bn: bool = True
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("backend", self.backend, backends.BACKENDS)
+        check_choice("precision", self.precision, PRECISIONS)
+        object.__setattr__(self, "device", check_device(self.device))
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizationOptions:
+    """How [0, 1] images are brought to what the model was trained on.
+
+    Args:
+        mean, std: per-channel normalisation of [0, 1] inputs; default (None) the loaded model's, else none.
+        scale: the model's input scale (images are resized by it per tile; scores resized back);
+            a loaded model's own scale takes precedence.
+    """
+
+    mean: Any = None
+    std: Any = None
+    scale: float = 1.0
+
+
+_DEPRECATED_GROUPS = {
+    "tiling": (TilingOptions, {f.name for f in dataclasses.fields(TilingOptions)}),
+    "runtime": (RuntimeOptions, {f.name for f in dataclasses.fields(RuntimeOptions)}),
+    "normalization": (NormalizationOptions, {f.name for f in dataclasses.fields(NormalizationOptions)}),
+}
+"""Which option group each of the old flat ``Predictor`` keywords belongs to."""
+
+
+def _from_flat_keywords(groups: dict[str, Any], flat: dict[str, Any]) -> tuple[dict[str, Any], bool | None]:
+    """Fold the deprecated flat keywords (``tile_size=``, ``device=``, ``progress=`` …) into their groups.
+
+    Warns once per call with a :class:`DeprecationWarning` naming the new spelling.
+
+    Raises:
+        TypeError: a keyword that never was a ``Predictor`` argument.
+    """
+    if not flat:
+        return groups, None
+    progress = flat.pop("progress", None)
+    hints = [] if progress is None else [f"predictor.with_progress({progress!r})"]
+    for group, (cls, names) in _DEPRECATED_GROUPS.items():
+        given = {name: flat.pop(name) for name in list(flat) if name in names}
+        if given:
+            base = groups[group] or cls()
+            groups[group] = dataclasses.replace(base, **given)
+            shown = ", ".join(f"{name}={value!r}" for name, value in given.items())
+            hints.append(f"{group}={cls.__name__}({shown})")
+    if flat:
+        raise TypeError(f"Predictor() got an unexpected keyword argument {next(iter(flat))!r}")
+    warnings.warn(
+        f"Predictor's flat keywords are deprecated and will be removed in the next release; write {', '.join(hints)}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return groups, progress
+
+
+class Predictor:
+    """Tiled, blended, optionally test-time-augmented prediction for images of any size.
+
+    Args:
+        model: a module or any callable mapping float ``[N, C, H, W]`` to logits ``[N, K, H, W]``;
+            a :class:`~pixelwise.evaluate.LoadedModel`; a run / ``save_pretrained`` directory (its
+            mean, std, scale and classes are used); or an ``.onnx`` file (with ``backend="onnxruntime"``).
+        tiling: tile size, overlap, blending, batching and padding (:class:`TilingOptions`);
+            default: whole images at once.
+        runtime: backend, precision, device, compilation and layout (:class:`RuntimeOptions`).
+        normalization: mean, std and input scale (:class:`NormalizationOptions`); default the loaded model's.
+        tta: None, ``"hflip"`` (2: left-right flip), ``"flips"`` (4 flips) or ``"d4"`` (8
+            rotations/flips); probabilities are averaged.
+        **deprecated: the flat keywords of earlier releases (``tile_size=``, ``overlap=``, ``blend=``,
+            ``batch_size=``, ``padding_mode=``, ``margin=``, ``fit_tiles=``, ``backend=``, ``precision=``,
+            ``device=``, ``compile=``, ``fold_bn=``, ``channels_last=``, ``mean=``, ``std=``, ``scale=``,
+            ``progress=``), accepted for one more release with a :class:`DeprecationWarning`.
+
+    A progress bar over tiles is :meth:`with_progress`: a configured copy; a predictor is never
+    changed after it is built.
+
+    Raises:
+        ConfigError: an option out of range or unknown (names it), or a scale the model's exact tiling forbids.
+
     Example:
-        >>> predictor = Predictor.from_pretrained("runs/cells", tile_size=512, tta="flips")  # doctest: +SKIP
+        >>> tiling = TilingOptions(tile_size=512)
+        >>> predictor = Predictor.from_pretrained("runs/cells", tiling=tiling, tta="flips")  # doctest: +SKIP
         >>> labels = predictor.predict_labels(image)  # [H, W] uint8  # doctest: +SKIP
     """
 
     def __init__(
         self,
         model: Any,
-        tile_size: int | None = None,
-        overlap: float = 0.25,
-        blend: str = "gaussian",
-        batch_size: int = 2,
+        *,
+        tiling: TilingOptions | None = None,
+        runtime: RuntimeOptions | None = None,
+        normalization: NormalizationOptions | None = None,
         tta: str | None = None,
-        backend: str = "torch",
-        precision: str = "fp32",
-        device: str | torch.device | None = None,
-        mean: Any = None,
-        std: Any = None,
-        scale: float = 1.0,
-        compile: bool = False,
-        progress: bool = False,
-        padding_mode: str = "reflect",
-        margin: int = 0,
-        fit_tiles: bool = True,
-        fold_bn: bool = True,
-        channels_last: bool = True,
+        **deprecated: Any,
     ) -> None:
-        for option, value, choices in (
-            ("blend", blend, BLEND_MODES),
-            ("padding_mode", padding_mode, PADDING_MODES),
-            ("backend", backend, backends.BACKENDS),
-            ("precision", precision, PRECISIONS),
-        ):
-            check_choice(option, value, choices)
+        groups = {"tiling": tiling, "runtime": runtime, "normalization": normalization}
+        groups, progress = _from_flat_keywords(groups, deprecated)
+        tiling = groups["tiling"] or TilingOptions()
+        runtime = groups["runtime"] or RuntimeOptions()
+        normalization = groups["normalization"] or NormalizationOptions()
         if tta is not None:
             tta_transforms(tta)
-        if tile_size is not None:
-            check_int("tile_size", tile_size, 1, ", or None for whole images")
-        check_fraction("overlap", overlap)
-        check_int("batch_size", batch_size, 1)
-        requested_device = check_device(device)
-        self.tile_size, self.overlap, self.tta, self.margin = tile_size, float(overlap), tta, int(margin)
+        self.tiling, self.runtime, self.tta = tiling, runtime, tta
+        self.tile_size, self.overlap, self.margin = tiling.tile_size, tiling.overlap, tiling.margin
+        backend, precision = runtime.backend, runtime.precision
         self._temp = tempfile.TemporaryDirectory(prefix="pixelwise-onnx-") if backend == "onnxruntime" else None
         loaded = backends.resolve(model, backend, precision)
         self.classes = loaded.classes
-        self.scale = float(scale if loaded.scale is None else loaded.scale)
+        self.scale = float(normalization.scale if loaded.scale is None else loaded.scale)
         self.mask_offset = loaded.mask_offset
         self.geometry = loaded.geometry
         if self.geometry is not None and self.scale != 1:
@@ -142,23 +261,43 @@ class Predictor:
         self.in_channels: int | None = getattr(loaded.module, "in_channels", None)
         # only models that state their stride get fitted tiles: others may need the exact size asked for
         multiple = int(getattr(loaded.module, "input_multiple", 0))
-        self.tile_multiple = multiple if fit_tiles and self.geometry is None else 0
-        mean = loaded.mean if mean is None else mean
-        std = loaded.std if std is None else std
-        self.device = backends.default_device(loaded, backend) if requested_device is None else requested_device
-        self.channels_last = bool(channels_last) and backend == "torch"
+        self.tile_multiple = multiple if tiling.fit_tiles and self.geometry is None else 0
+        mean = loaded.mean if normalization.mean is None else normalization.mean
+        std = loaded.std if normalization.std is None else normalization.std
+        self.device = backends.default_device(loaded, backend) if runtime.device is None else runtime.device
+        self.channels_last = bool(runtime.channels_last) and backend == "torch"
         self._autocast = backends.autocast(precision, backend, self.device)
         if mean is not None and self.in_channels is None:
             self.in_channels = int(torch.as_tensor(mean).numel())
         self._mean = None if mean is None else _channel_vector(mean, self.device)
         self._std = None if std is None else _channel_vector(std, self.device)
         self._forward = backends.prepare(
-            loaded, backend, precision, self.device, self.in_channels, fold_bn, self.channels_last, compile, self._temp
+            loaded,
+            backend,
+            precision,
+            self.device,
+            self.in_channels,
+            runtime.fold_bn,
+            self.channels_last,
+            runtime.compile,
+            self._temp,
         )
         fill = None
-        if self._mean is not None and padding_mode == "constant":
+        if self._mean is not None and tiling.padding_mode == "constant":
             fill = self._mean.flatten().cpu().numpy()  # zero after normalisation, as MONAI pads its input
-        self.options = StitchOptions(blend, self.margin, int(batch_size), padding_mode, fill, self.device, progress)
+        self.options = StitchOptions(
+            tiling.blend, self.margin, tiling.batch_size, tiling.padding_mode, fill, self.device, bool(progress)
+        )
+        """The stitching settings derived from ``tiling`` (read them; :meth:`with_progress` gives a changed copy)."""
+
+    def with_progress(self, progress: bool = True) -> Predictor:
+        """A copy of this predictor that shows (or hides) a progress bar over tiles; this one is unchanged.
+
+        The copy shares the loaded model, so it costs nothing to make.
+        """
+        clone = copy.copy(self)
+        clone.options = dataclasses.replace(self.options, progress=bool(progress))
+        return clone
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:

@@ -132,47 +132,30 @@ def quantize_int8(
     Raises:
         ConfigError: onnxruntime missing, a missing input file, bad options or calibration shapes.
     """
-    from pixelwise.inference.export_check import RAW, import_optional
+    from pixelwise.inference.export_check import import_optional
 
     onnx = import_optional("onnx")
-    ort = import_optional("onnxruntime")
+    import_optional("onnxruntime")
     from onnxruntime import quantization as q
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise ConfigError(f"ONNX model {str(onnx_path)!r} does not exist; export one first (pixelwise export).")
     if activation_type not in ACTIVATION_TYPES:
         raise ConfigError(f"activation_type={activation_type!r}: choose one of {', '.join(ACTIVATION_TYPES)}.")
-    source = onnx.load(str(onnx_path))
-    metadata = {p.key: p.value for p in source.metadata_props}
-    raw = metadata.get("input_format") == RAW
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    model_input = session.get_inputs()[0]
-    channels = model_input.shape[1] if isinstance(model_input.shape[1], int) else int(metadata.get("in_channels", 3))
-    if calibration_images is None:
-        arrays: Iterator[np.ndarray] = _synthetic(channels, synthetic_size, synthetic_samples, raw)
-    else:
-        arrays = _batches(calibration_images, np.uint8 if raw else np.float32)
-
-    class Reader(q.CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            array = next(arrays, None)
-            return None if array is None else {model_input.name: array}
-
+    metadata = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    reader = _calibration_reader(onnx_path, metadata, calibration_images, synthetic_samples, synthetic_size)
     activations = q.QuantType.QUInt8 if activation_type == "uint8" else q.QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="pixelwise-quantize-") as folder:
         model_path = onnx_path
         if preprocess:
             model_path = Path(folder) / "preprocessed.onnx"
-            # ONNX's own shape inference suffices for convolutional graphs; ORT's symbolic pass gives up on
-            # the dynamic-size padding ("Incomplete symbolic shape inference") and drops a file in the cwd
-            quant_pre_process(str(onnx_path), str(model_path), skip_symbolic_shape=True)
+            _preprocess(onnx_path, model_path)
         quantized = Path(folder) / "int8.onnx"
         q.quantize_static(
             str(model_path),
             str(quantized),
-            Reader(),
+            reader,
             quant_format=q.QuantFormat.QDQ,
             per_channel=per_channel,
             reduce_range=reduce_range,
@@ -185,3 +168,43 @@ def quantize_int8(
         with atomic_path(out_path) as tmp:
             onnx.save(result, str(tmp))
     return out_path
+
+
+def _calibration_reader(
+    onnx_path: Path,
+    metadata: dict[str, str],
+    images: Iterable[Any] | None,
+    synthetic_samples: int,
+    synthetic_size: tuple[int, int],
+) -> Any:
+    """An ONNX Runtime ``CalibrationDataReader`` feeding ``images`` (default: random inputs) one at a time
+    to the model's first input, as uint8 for a raw-input model and float32 otherwise."""
+    from onnxruntime import InferenceSession
+    from onnxruntime import quantization as q
+
+    from pixelwise.inference.export_check import RAW
+
+    raw = metadata.get("input_format") == RAW
+    session = InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    model_input = session.get_inputs()[0]
+    channels = model_input.shape[1] if isinstance(model_input.shape[1], int) else int(metadata.get("in_channels", 3))
+    if images is None:
+        arrays: Iterator[np.ndarray] = _synthetic(channels, synthetic_size, synthetic_samples, raw)
+    else:
+        arrays = _batches(images, np.uint8 if raw else np.float32)
+
+    class Reader(q.CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            array = next(arrays, None)
+            return None if array is None else {model_input.name: array}
+
+    return Reader()
+
+
+def _preprocess(onnx_path: Path, out_path: Path) -> None:
+    """ONNX Runtime's recommended ``quant_pre_process`` (shape inference, BatchNorm folding, ...)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # ONNX's own shape inference suffices for convolutional graphs; ORT's symbolic pass gives up on
+    # the dynamic-size padding ("Incomplete symbolic shape inference") and drops a file in the cwd
+    quant_pre_process(str(onnx_path), str(out_path), skip_symbolic_shape=True)

@@ -244,7 +244,7 @@ def predict_tiff(
         compression: TIFF compression of the labels, e.g. ``"zlib"`` (default none).
 
     Example:
-        >>> predictor = Predictor.from_pretrained("runs/x", tile_size=512)  # doctest: +SKIP
+        >>> predictor = Predictor.from_pretrained("runs/x", tiling=TilingOptions(tile_size=512))  # doctest: +SKIP
         >>> predict_tiff(predictor, "slide.tif", "labels.tif")  # doctest: +SKIP
     """
     with TiffSource(input_path) as source:

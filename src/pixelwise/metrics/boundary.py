@@ -30,6 +30,8 @@ Memory: one ``[N, K, H, W]`` float tensor per dilation; for many classes on larg
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from pixelwise.errors import ConfigError
@@ -221,40 +223,39 @@ class BoundaryScores:
         return scores_from_boundary_counts(counts)
 
 
-def _one_batch(
-    preds: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    mode: Mode,
-    tolerance: int,
-    ignore_index: int | None,
-    threshold: float,
-    from_logits: bool,
-) -> dict[str, torch.Tensor]:
-    metric = BoundaryScores(
-        num_classes,
-        mode,
-        tolerance=tolerance,
-        ignore_index=ignore_index,
-        threshold=threshold,
-        from_logits=from_logits,
-        sync_dist=False,
-    )
-    metric.update(preds, target)
-    return metric.compute()
+def _one_batch_score(key: str, doc: str) -> Callable[..., torch.Tensor]:
+    """The public function ``key``: that entry of :meth:`BoundaryScores.compute` for one batch."""
+
+    def score(
+        preds: torch.Tensor,
+        target: torch.Tensor,
+        num_classes: int,
+        *,
+        mode: Mode = "multiclass",
+        tolerance: int = DEFAULT_TOLERANCE,
+        ignore_index: int | None = IGNORE_INDEX,
+        threshold: float = DEFAULT_THRESHOLD,
+        from_logits: bool = True,
+    ) -> torch.Tensor:
+        metric = BoundaryScores(
+            num_classes,
+            mode,
+            tolerance=tolerance,
+            ignore_index=ignore_index,
+            threshold=threshold,
+            from_logits=from_logits,
+            sync_dist=False,
+        )
+        metric.update(preds, target)
+        return metric.compute()[key]
+
+    score.__name__ = score.__qualname__ = key
+    score.__doc__ = doc
+    return score
 
 
-def boundary_f1(
-    preds: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    *,
-    mode: Mode = "multiclass",
-    tolerance: int = DEFAULT_TOLERANCE,
-    ignore_index: int | None = IGNORE_INDEX,
-    threshold: float = DEFAULT_THRESHOLD,
-    from_logits: bool = True,
-) -> torch.Tensor:
+boundary_f1 = _one_batch_score(
+    "boundary_f1",
     """Boundary F1 (BF score) per class for one batch, counts pooled over its images.
 
     Args: as in :class:`BoundaryScores`.
@@ -271,21 +272,11 @@ def boundary_f1(
         >>> square[:, 2:6, 2:6] = 1
         >>> boundary_f1(square, square, num_classes=2, tolerance=0)
         tensor([1., 1.], dtype=torch.float64)
-    """
-    return _one_batch(preds, target, num_classes, mode, tolerance, ignore_index, threshold, from_logits)["boundary_f1"]
+    """,
+)
 
-
-def boundary_iou(
-    preds: torch.Tensor,
-    target: torch.Tensor,
-    num_classes: int,
-    *,
-    mode: Mode = "multiclass",
-    tolerance: int = DEFAULT_TOLERANCE,
-    ignore_index: int | None = IGNORE_INDEX,
-    threshold: float = DEFAULT_THRESHOLD,
-    from_logits: bool = True,
-) -> torch.Tensor:
+boundary_iou = _one_batch_score(
+    "boundary_iou",
     """Boundary IoU per class for one batch: IoU of the inner bands of width ``tolerance`` beyond the contour.
 
     Args, Shape: as in :func:`boundary_f1`.
@@ -298,5 +289,5 @@ def boundary_iou(
         >>> square[:, 2:6, 2:6] = 1
         >>> boundary_iou(square, square, num_classes=2, tolerance=1)
         tensor([1., 1.], dtype=torch.float64)
-    """
-    return _one_batch(preds, target, num_classes, mode, tolerance, ignore_index, threshold, from_logits)["boundary_iou"]
+    """,
+)

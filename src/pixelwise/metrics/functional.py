@@ -26,6 +26,7 @@ defined, all three agree. Scores are float64 so that large pixel counts stay exa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -197,16 +198,22 @@ _REDUCTION_DOC = """
 """
 
 
-def iou_score(
-    tp: torch.Tensor,
-    fp: torch.Tensor,
-    fn: torch.Tensor,
-    tn: torch.Tensor,
-    reduction: Reduction | None = None,
-    class_weights: Sequence[float] | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Intersection over union (Jaccard index) ``tp / (tp + fp + fn)``."""
-    return _reduce(_iou, (tp, fp, fn, tn), reduction, class_weights)
+def _count_score(name: str, formula: Callable[..., torch.Tensor], summary: str) -> Callable[..., torch.Tensor]:
+    """The public score ``name``: ``formula`` applied to tp, fp, fn, tn under a reduction."""
+
+    def score(
+        tp: torch.Tensor,
+        fp: torch.Tensor,
+        fn: torch.Tensor,
+        tn: torch.Tensor,
+        reduction: Reduction | None = None,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return _reduce(formula, (tp, fp, fn, tn), reduction, class_weights)
+
+    score.__name__ = score.__qualname__ = name
+    score.__doc__ = f"{summary}\n{_REDUCTION_DOC.format(name=name)}"
+    return score
 
 
 def f_score(
@@ -221,59 +228,18 @@ def f_score(
     """F-beta score ``(1 + β²) tp / ((1 + β²) tp + β² fn + fp)``; ``beta=1`` is F1, the Dice coefficient.
 
     ``beta`` (default 1) weighs recall β times as much as precision; the other arguments are shared:"""
-    return _reduce(lambda *s: _fbeta(*s, beta=beta), (tp, fp, fn, tn), reduction, class_weights)
+    return _reduce(functools.partial(_fbeta, beta=beta), (tp, fp, fn, tn), reduction, class_weights)
 
 
-def f1_score(
-    tp: torch.Tensor,
-    fp: torch.Tensor,
-    fn: torch.Tensor,
-    tn: torch.Tensor,
-    reduction: Reduction | None = None,
-    class_weights: Sequence[float] | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """F1 score (Dice coefficient) ``2 tp / (2 tp + fn + fp)``."""
-    return f_score(tp, fp, fn, tn, 1.0, reduction, class_weights)
+f_score.__doc__ = f"{f_score.__doc__}\n{_REDUCTION_DOC.format(name='f_score')}"
 
-
-def precision(
-    tp: torch.Tensor,
-    fp: torch.Tensor,
-    fn: torch.Tensor,
-    tn: torch.Tensor,
-    reduction: Reduction | None = None,
-    class_weights: Sequence[float] | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Precision (positive predictive value) ``tp / (tp + fp)``."""
-    return _reduce(_precision, (tp, fp, fn, tn), reduction, class_weights)
-
-
-def recall(
-    tp: torch.Tensor,
-    fp: torch.Tensor,
-    fn: torch.Tensor,
-    tn: torch.Tensor,
-    reduction: Reduction | None = None,
-    class_weights: Sequence[float] | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Recall (sensitivity, true positive rate) ``tp / (tp + fn)``."""
-    return _reduce(_recall, (tp, fp, fn, tn), reduction, class_weights)
-
-
-def accuracy(
-    tp: torch.Tensor,
-    fp: torch.Tensor,
-    fn: torch.Tensor,
-    tn: torch.Tensor,
-    reduction: Reduction | None = None,
-    class_weights: Sequence[float] | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Accuracy ``(tp + tn) / (tp + fp + fn + tn)`` (per class: one-vs-rest)."""
-    return _reduce(_accuracy, (tp, fp, fn, tn), reduction, class_weights)
-
+iou_score = _count_score("iou_score", _iou, "Intersection over union (Jaccard index) ``tp / (tp + fp + fn)``.")
+f1_score = _count_score(
+    "f1_score", functools.partial(_fbeta, beta=1.0), "F1 score (Dice coefficient) ``2 tp / (2 tp + fn + fp)``."
+)
+precision = _count_score("precision", _precision, "Precision (positive predictive value) ``tp / (tp + fp)``.")
+recall = _count_score("recall", _recall, "Recall (sensitivity, true positive rate) ``tp / (tp + fn)``.")
+accuracy = _count_score("accuracy", _accuracy, "Accuracy ``(tp + tn) / (tp + fp + fn + tn)`` (per class: one-vs-rest).")
 
 fbeta_score = f_score
 """smp's name for :func:`f_score`."""
-
-for _fn in (iou_score, f_score, f1_score, precision, recall, accuracy):
-    _fn.__doc__ = f"{_fn.__doc__}\n{_REDUCTION_DOC.format(name=_fn.__name__)}"

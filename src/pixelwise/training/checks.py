@@ -3,6 +3,8 @@
 A value of the wrong type gets a message naming the option, the value, its type and what is
 expected, instead of failing later inside the model or Lightning. One conversion is made: a number
 that YAML 1.1 reads as text (``lr: 1e-3``: no dot in the mantissa) becomes the number meant.
+A ``Literal[...]`` annotation lists the choices: a value of their type outside them gets
+"unknown <option> ...; did you mean ...", other values the type message (the choices' type).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import types
 import typing
 from typing import Any
 
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, unknown_name
 
 SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 """Numbers such as ``1e-3`` that PyYAML (YAML 1.1) leaves as text."""
@@ -24,6 +26,8 @@ def describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe(arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return " or ".join(dict.fromkeys(describe(type(arg)) for arg in typing.get_args(hint)))
     if origin is list or hint is list:
         args = typing.get_args(hint)
         return f"a list of {describe(args[0]).removeprefix('a ')}s" if args else "a list"
@@ -51,6 +55,8 @@ def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, value
     if hint is typing.Any:
         return True, value
+    if origin is typing.Literal:
+        return any(type(value) is type(arg) and value == arg for arg in typing.get_args(hint)), value
     if hint is type(None):
         return value is None, value
     if hint is bool:
@@ -90,15 +96,28 @@ def _convert_dict(value: Any, args: tuple) -> tuple[bool, Any]:
     return fits, {key: item for (_, key), (_, item) in zip(keys, items, strict=True)}
 
 
+def literal_choices(hint: Any) -> tuple:
+    """The values of the ``Literal[...]`` in ``hint`` (itself, or a member of a union); ``()`` if none."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(choice for arg in typing.get_args(hint) for choice in literal_choices(arg))
+    return ()
+
+
 def coerce(name: str, value: Any, hint: Any) -> Any:
     """Return ``value`` if it fits the annotation ``hint`` (converted as the module docstring says).
 
     Raises:
-        ConfigError: names the option, the value, its type and the expected type.
+        ConfigError: names the option, the value, its type and the expected type; or, for a value
+            of the right type outside a ``Literal``'s choices, the closest choices.
     """
     fits, converted = _convert(value, hint)
     if fits:
         return converted
+    choices = literal_choices(hint)
+    if choices and any(type(value) is type(choice) for choice in choices):
+        raise unknown_name(name, str(value), choices)
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     fix = " (write numbers without quotes)" if isinstance(value, str) else ""
     raise ConfigError(f"option {name}: {shown} is {_kind(value)}; expected {describe(hint)}{fix}.")

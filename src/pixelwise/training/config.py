@@ -12,7 +12,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -20,12 +20,24 @@ import yaml
 from pixelwise.data.targets import BOUNDARY_CLASSES, TargetOptions
 from pixelwise.errors import ConfigError, unknown_name
 from pixelwise.io import atomic_path, read_text
-from pixelwise.modes import IGNORE_INDEX, MODES
+from pixelwise.modes import IGNORE_INDEX, Mode
 from pixelwise.training.checks import coerce
 
-OPTIMIZERS = ("adamw", "sgd")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64")
+Optimizer = Literal["adamw", "sgd"]
+Scheduler = Literal["cosine", "poly", "onecycle", "none"]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Precision = Literal[
+    "auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64"
+]
+AugmentPreset = Literal["none", "light", "strong"]
+Target = Literal["semantic", "boundary"]
+"""The choice options' values; the field annotations below use them, and :mod:`~pixelwise.training.checks`
+answers a value outside them with "unknown ...; did you mean"."""
+OPTIMIZERS: tuple[Optimizer, ...] = typing.get_args(Optimizer)
+SCHEDULERS: tuple[Scheduler, ...] = typing.get_args(Scheduler)
+ACCELERATORS: tuple[Accelerator, ...] = typing.get_args(Accelerator)
+PRECISIONS: tuple[Precision, ...] = typing.get_args(Precision)
+AUGMENT_PRESETS: tuple[AugmentPreset, ...] = typing.get_args(AugmentPreset)
 MIN_CROP = 8
 """Smallest training crop side, in pixels."""
 RANGES: dict[str, tuple[float | None, float | None, str]] = {
@@ -52,8 +64,6 @@ RANGES: dict[str, tuple[float | None, float | None, str]] = {
 """``(lowest, highest, example)`` of the numeric options (None: unbounded)."""
 EXCLUSIVE = {"max_minutes", "lr", "gradient_clip", "ema_decay", "weight_map_sigma"}
 """Options whose bounds are excluded (they must lie strictly between them)."""
-SCHEDULERS = ("cosine", "poly", "onecycle", "none")
-AUGMENT_PRESETS = ("none", "light", "strong")
 CLASS_WEIGHTINGS = ("median", "sqrt_median")
 BOUNDARY_NUM_CLASSES = len(BOUNDARY_CLASSES)
 ALIASES = {"weight_map": "loss_weight_map"}
@@ -90,7 +100,7 @@ class TrainConfig:
     """Mask values read as other class ids, e.g. ``{255: 1}`` (None: found by the data check: masks
     holding only 0 and one other value, such as 0/255 or 0/65535 binary exports, read it as class 1;
     ``{}``: the values are class ids as stored)."""
-    mode: str = "multiclass"
+    mode: Mode = "multiclass"
     """``multiclass`` (softmax over K), ``binary`` (one sigmoid channel) or ``multilabel``."""
 
     model: str = "unet"
@@ -123,7 +133,7 @@ class TrainConfig:
     """Side of the random training crops in pixels (``None``: whole images, which must share a size).
     For ``unet2015`` the input tile, rounded up to a valid size (572 in the paper) and cut from the
     image mirror-padded by the network's border; the loss sees the smaller output tile (388)."""
-    augment: str | list = "light"
+    augment: AugmentPreset | list = "light"
     """Preset ``none``, ``light`` or ``strong``, or a list of presets and transforms (see data.transforms)."""
     loss: str | dict[str, float] = "ce+dice"
     """A loss name or weighted sum, e.g. ``ce+dice`` or ``"ce + 0.5*dice"`` (see pixelwise.losses)."""
@@ -144,13 +154,13 @@ class TrainConfig:
     separation_gap: int | None = None
     """Pixels cut from each side of a contact between objects, in the target (``None``: 1 with
     ``loss_weight_map: unet`` and a semantic target, else 0): the U-Net paper's separation borders."""
-    target: str = "semantic"
+    target: Target = "semantic"
     """``semantic`` (the masks) or ``boundary``: three classes background / interior / boundary built
     from the instance labels (every object class becomes "object"; the model then predicts 3 classes)."""
     boundary_width: int = 2
     """Width of the ``boundary`` class in pixels."""
 
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     """``adamw`` or ``sgd`` (with momentum)."""
     lr: float = 1e-3
     """Peak learning rate (after warm-up)."""
@@ -158,7 +168,7 @@ class TrainConfig:
     """Decoupled weight decay (AdamW) or L2 penalty (SGD)."""
     momentum: float = 0.9
     """SGD momentum."""
-    scheduler: str = "cosine"
+    scheduler: Scheduler = "cosine"
     """Learning-rate decay after warm-up: ``cosine``, ``poly``, ``onecycle`` or ``none``."""
     warmup_epochs: float = 0.0
     """Linear warm-up length in epochs (fractions allowed)."""
@@ -171,7 +181,7 @@ class TrainConfig:
     ``best.ckpt``/``last.ckpt`` and the saved model then use the averaged weights (``None``: no
     averaging)."""
 
-    accelerator: str = "auto"
+    accelerator: Accelerator = "auto"
     """``auto``, ``cpu``, ``gpu`` (``cuda``) or ``mps`` (Lightning accelerator)."""
     devices: int | str = 1
     """Devices (processes) per node, e.g. 2 with ``strategy: ddp``."""
@@ -179,7 +189,7 @@ class TrainConfig:
     """Lightning strategy, e.g. ``ddp`` (gloo on CPU, NCCL on GPU)."""
     num_nodes: int = 1
     """Nodes for multi-node DDP (launch with torchrun or SLURM)."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """``"auto"`` (bf16 mixed precision on GPUs that support it, else 32-bit), or a Lightning precision."""
     channels_last: bool = True
     """Train in the channels-last (NHWC) memory layout: about 1.3× faster per step on CPU (oneDNN)
@@ -194,18 +204,10 @@ class TrainConfig:
     """Show the progress bar."""
 
     def validate(self) -> TrainConfig:
-        """Check types, choices and ranges; raise ConfigError naming the option and the fix."""
+        """Check types, choices (the ``Literal`` fields) and ranges; raise ConfigError naming the option and the fix."""
         check_types(self)
         if not self.data:
             raise ConfigError("no training data given: pass --data DIR (a folder with train/ and val/ splits).")
-        checks = [("mode", self.mode, MODES), ("optimizer", self.optimizer, OPTIMIZERS)]
-        checks += [("scheduler", self.scheduler, SCHEDULERS), ("accelerator", self.accelerator, ACCELERATORS)]
-        checks += [("precision", self.precision, PRECISIONS)]
-        if isinstance(self.augment, str) and self.augment not in AUGMENT_PRESETS:
-            checks.append(("augment", self.augment, AUGMENT_PRESETS))
-        for option, value, choices in checks:
-            if value not in choices:
-                raise unknown_name(option, str(value), choices)
         check_ranges(self)
         check_device(self.accelerator)
         if not 0 < self.scale <= 4:

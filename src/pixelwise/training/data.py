@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -106,49 +107,46 @@ class SegmentationDataModule(L.LightningDataModule):
     """Training crops with augmentation and whole validation images, from one data folder.
 
     Args:
-        config: the resolved TrainConfig as a dict (``data``, splits, ``crop``, ``augment``, ...).
+        config: the resolved TrainConfig (``data``, splits, ``crop``, ``augment``, ...); a mapping of its
+            fields is accepted too.
         num_classes: K, as established by the data check.
         mirror_border: mirror-pad training images by this many pixels before cropping (masks get
             ``ignore_index``): the context of a valid-convolution model, see
             :func:`pixelwise.training.task.training_tile`.
     """
 
-    def __init__(self, config: dict[str, Any], num_classes: int, mirror_border: int = 0) -> None:
+    def __init__(self, config: TrainConfig | Mapping[str, Any], num_classes: int, mirror_border: int = 0) -> None:
         super().__init__()
-        self.config = config
+        self.config = config if isinstance(config, TrainConfig) else TrainConfig(**config)
         self.num_classes = num_classes
         self.mirror_border = mirror_border
-        self.collate = _Collate(config["ignore_index"])
+        self.collate = _Collate(self.config.ignore_index)
 
     def setup(self, stage: str | None = None) -> None:
         config = self.config
-        targets = TrainConfig(**config).target_options()
+        targets = config.target_options()
         # a boundary-target model predicts 3 classes; the masks keep the data's own (checked by their class file)
         data_classes = None if targets.num_classes else self.num_classes
         common = {
             "num_classes": data_classes,
-            "ignore_index": config["ignore_index"],
-            "mask_values": config["mask_values"],
+            "ignore_index": config.ignore_index,
+            "mask_values": config.mask_values,
             "instances": targets.active,
         }
         augment = build_transforms(
-            config["augment"],
-            crop_size=config["crop"],
-            ignore_index=config["ignore_index"],
+            config.augment,
+            crop_size=config.crop,
+            ignore_index=config.ignore_index,
             mirror_border=self.mirror_border,
         )
-        prepared = config["scale"] != 1 or any(config["mask_offset"])
-        train_transform = PreparedTransform(config["scale"], config["mask_offset"], augment) if prepared else augment
-        val_transform = PreparedTransform(config["scale"], config["mask_offset"]) if prepared else None
+        prepared = config.scale != 1 or any(config.mask_offset)
+        train_transform = PreparedTransform(config.scale, config.mask_offset, augment) if prepared else augment
+        val_transform = PreparedTransform(config.scale, config.mask_offset) if prepared else None
         self.train_set = SegmentationFolder(
-            config["data"],
-            split=config["train_split"],
-            transform=train_transform,
-            files=config["train_files"],
-            **common,
+            config.data, split=config.train_split, transform=train_transform, files=config.train_files, **common
         )
         self.val_set = SegmentationFolder(
-            config["data"], split=config["val_split"], files=config["val_files"], transform=val_transform, **common
+            config.data, split=config.val_split, files=config.val_files, transform=val_transform, **common
         )
         if targets.active:
             self.train_set = InstanceTargets(self.train_set, targets)
@@ -159,7 +157,7 @@ class SegmentationDataModule(L.LightningDataModule):
         least ``MIN_EPOCH_STEPS`` batches (a small data set's epochs would otherwise shrink to a few
         steps, and its budget go to validation passes)."""
         config = self.config
-        return config["samples_per_epoch"] or max(len(self.train_set), MIN_EPOCH_STEPS * config["batch_size"])
+        return config.samples_per_epoch or max(len(self.train_set), MIN_EPOCH_STEPS * config.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         config = self.config
@@ -167,19 +165,19 @@ class SegmentationDataModule(L.LightningDataModule):
         sampler = RandomSampler(self.train_set, replacement=samples > len(self.train_set), num_samples=samples)
         return DataLoader(
             self.train_set,
-            batch_size=config["batch_size"],
+            batch_size=config.batch_size,
             sampler=sampler,
-            drop_last=samples > config["batch_size"],
-            num_workers=config["num_workers"],
-            persistent_workers=config["num_workers"] > 0,
+            drop_last=samples > config.batch_size,
+            num_workers=config.num_workers,
+            persistent_workers=config.num_workers > 0,
             collate_fn=self.collate,
         )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
             self.val_set,
-            batch_size=self.config["batch_size"],
-            num_workers=self.config["num_workers"],
-            persistent_workers=self.config["num_workers"] > 0,
+            batch_size=self.config.batch_size,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
             collate_fn=self.collate,
         )

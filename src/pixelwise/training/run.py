@@ -10,6 +10,7 @@ Checkpoints are written under a temporary name and renamed, and read back with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -196,7 +197,7 @@ def train(config: TrainConfig, resume: bool = False, start: float | None = None)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no last.ckpt (the run never finished an epoch).")
-    task = SegmentationTask(config.to_dict(), **facts)
+    task = SegmentationTask(config, **facts)
     crop, mirror_border = training_tile(task.model, config.crop)
     if mirror_border:
         rank_zero_info(
@@ -205,7 +206,7 @@ def train(config: TrainConfig, resume: bool = False, start: float | None = None)
             f"{crop - 2 * mirror_border} output tiles."
         )
     datamodule = SegmentationDataModule(
-        {**config.to_dict(), "crop": crop}, num_classes=facts["classes"], mirror_border=mirror_border
+        dataclasses.replace(config, crop=crop), num_classes=facts["classes"], mirror_border=mirror_border
     )
     budget = TimeBudget(config.max_minutes * 60 if config.max_minutes else None, start, last)
     checkpoints = ModelCheckpoint(
@@ -300,7 +301,7 @@ def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config:
     """Write ``run_dir/model/``: the checkpoint's model in save_pretrained format, its input
     normalisation (``preprocessing.json``) and the class list (``classes.yaml``)."""
     state = load_checkpoint(checkpoint)["state_dict"]
-    task = SegmentationTask(config.to_dict(), **facts)
+    task = SegmentationTask(config, **facts)
     task.load_state_dict(state)
     preprocessing = Preprocessing(
         mean=facts["mean"],

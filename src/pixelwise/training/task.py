@@ -8,6 +8,7 @@ and its schedule.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -20,17 +21,20 @@ from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
 from pixelwise.models.geometry import center_crop, forward_mirrored, uses_valid_convolution
 from pixelwise.models.registry import takes_encoder
+from pixelwise.training.config import TrainConfig
 
 STAGES = ("train", "val")
 
 
-def build_model(config: dict[str, Any], in_channels: int, classes: int) -> SegmentationModel:
-    """The pixelwise model a config describes (``model``, ``encoder``, ``model_options``)."""
-    options = dict(config.get("model_options") or {})
-    if config.get("encoder") and takes_encoder(config["model"]):
-        options.setdefault("encoder_name", config["encoder"])
-        options.setdefault("encoder_weights", config.get("encoder_weights"))
-    return create_model(config["model"], in_channels=in_channels, classes=classes, **options)
+def build_model(config: TrainConfig | Mapping[str, Any], in_channels: int, classes: int) -> SegmentationModel:
+    """The pixelwise model a config describes (``model``, ``encoder``, ``model_options``): a TrainConfig,
+    or a mapping of its fields (e.g. a checkpoint's hyper-parameters; absent keys count as None)."""
+    values = config.to_dict() if isinstance(config, TrainConfig) else config
+    options = dict(values.get("model_options") or {})
+    if values.get("encoder") and takes_encoder(values["model"]):
+        options.setdefault("encoder_name", values["encoder"])
+        options.setdefault("encoder_weights", values.get("encoder_weights"))
+    return create_model(values["model"], in_channels=in_channels, classes=classes, **options)
 
 
 def training_tile(model: nn.Module, crop: int | None) -> tuple[int | None, int]:
@@ -61,7 +65,8 @@ class SegmentationTask(L.LightningModule):
     statistics) so that a saved model and the predictor see the same input as training did.
 
     Args:
-        config: the resolved TrainConfig as a dict (saved as hyper-parameters in every checkpoint).
+        config: the resolved TrainConfig (saved as a plain dict in every checkpoint's hyper-parameters,
+            so that checkpoints load with ``weights_only=True``).
         in_channels, classes: data properties found by the data check.
         mean, std: per-channel statistics of the training images, each ``[C]``.
         class_weights: optional loss weights per class ``[K]``.
@@ -69,7 +74,7 @@ class SegmentationTask(L.LightningModule):
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: TrainConfig,
         in_channels: int,
         classes: int,
         mean: list[float],
@@ -77,11 +82,13 @@ class SegmentationTask(L.LightningModule):
         class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # plain values only, under the names of the arguments, as in the checkpoints of earlier versions
+        hyper_parameters = {"config": config.to_dict(), "in_channels": in_channels, "classes": classes}
+        self.save_hyperparameters(hyper_parameters | {"mean": mean, "std": std, "class_weights": class_weights})
         self.config = config
         self.classes = classes
         self.model = build_model(config, in_channels, classes)
-        self.memory_format = torch.channels_last if config.get("channels_last") else torch.contiguous_format
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.valid_conv = uses_valid_convolution(self.model)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -90,21 +97,20 @@ class SegmentationTask(L.LightningModule):
         self.metrics = {stage: self.configure_metrics() for stage in STAGES}
 
     def configure_loss(self) -> nn.Module:
-        options = dict(self.config.get("loss_options") or {})
+        config = self.config
+        options = dict(config.loss_options or {})
         if self.hparams.class_weights is not None:
             options["class_weights"] = self.hparams.class_weights
-        loss = get_loss(
-            self.config["loss"], mode=self.config["mode"], ignore_index=self.config["ignore_index"], **options
-        )
-        if self.config.get("loss_weight_map") and not getattr(loss, "accepts_weight_map", False):
+        loss = get_loss(config.loss, mode=config.mode, ignore_index=config.ignore_index, **options)
+        if config.loss_weight_map and not getattr(loss, "accepts_weight_map", False):
             raise ConfigError(
-                f"loss_weight_map={self.config['loss_weight_map']!r} needs a per-pixel loss, but loss "
-                f"{self.config['loss']!r} has none; use e.g. --loss ce or --loss ce+dice."
+                f"loss_weight_map={config.loss_weight_map!r} needs a per-pixel loss, but loss "
+                f"{config.loss!r} has none; use e.g. --loss ce or --loss ce+dice."
             )
         return loss
 
     def configure_metrics(self) -> ConfusionMatrix:
-        return ConfusionMatrix(self.classes, mode=self.config["mode"], ignore_index=self.config["ignore_index"])
+        return ConfusionMatrix(self.classes, mode=self.config.mode, ignore_index=self.config.ignore_index)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, C, H, W]`` images in [0, 1] → ``[N, K, H, W]`` logits."""
@@ -160,19 +166,19 @@ class SegmentationTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.config
         parameters = [p for p in self.parameters() if p.requires_grad]
-        if config["optimizer"] == "sgd":
+        if config.optimizer == "sgd":
             optimizer = torch.optim.SGD(
-                parameters, lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"]
+                parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
             )
         else:
-            optimizer = torch.optim.AdamW(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
+            optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        if config["scheduler"] == "onecycle":
-            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=total)
+        if config.scheduler == "onecycle":
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = int(config["warmup_epochs"] * steps_per_epoch)
-        factor = LRFactor(config["scheduler"], warmup, total)
+        warmup = int(config.warmup_epochs * steps_per_epoch)
+        factor = LRFactor(config.scheduler, warmup, total)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
