@@ -27,7 +27,7 @@ from pixelwise._version import __version__
 from pixelwise.data import ClassInfo
 from pixelwise.data.targets import TARGETS
 from pixelwise.errors import WeightsError
-from pixelwise.io import atomic_path
+from pixelwise.io import atomic_path, read_json_object
 from pixelwise.models import SegmentationModel, from_pretrained
 from pixelwise.models.base import CONFIG_NAME
 from pixelwise.models.geometry import uses_valid_convolution
@@ -292,12 +292,7 @@ def read_preprocessing(
         return PREPROCESSING_DEFAULTS | neutral
     where = f"{str(path)!r} is damaged"
     fix = "fix it, or delete the model folder and export it again from the run's checkpoint"
-    try:
-        facts = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{where}: it is not valid JSON ({error}); {fix}.") from error
-    if not isinstance(facts, dict):
-        raise WeightsError(f"{where}: it holds a JSON {type(facts).__name__}, not an object; {fix}.")
+    facts = read_json_object(path, fix)
     missing = [key for key in require if key not in facts]
     if missing:
         raise WeightsError(f"{where}: the required key {missing[0]!r} is missing; {fix}.")

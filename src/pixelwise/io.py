@@ -10,6 +10,7 @@ never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import re
@@ -117,6 +118,23 @@ def read_text(path: str | os.PathLike, what: str) -> str:
             f"{what} {str(path)!r} is not UTF-8 text ({encoding}); save it as UTF-8 "
             "(PowerShell: `Out-File -Encoding utf8`; most editors: 'Save with encoding')."
         ) from error
+
+
+def read_json_object(path: str | os.PathLike, fix: str) -> dict:
+    """Read a JSON file that must hold an object (``config.json``, ``preprocessing.json``).
+
+    Raises:
+        WeightsError: the file is not UTF-8 JSON, or holds something other than an object; the message
+            names the file, what is wrong and ``fix``.
+    """
+    where = f"{str(path)!r} is damaged"
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"{where}: it is not valid JSON ({error}); {fix}.") from error
+    if not isinstance(value, dict):
+        raise WeightsError(f"{where}: it holds a JSON {type(value).__name__}, not an object; {fix}.")
+    return value
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from pixelwise.errors import ConfigError, WeightsError, check_choice, unknown_name  # noqa: F401  (architectures import check_choice from here)
-from pixelwise.io import load_weights
+from pixelwise.io import load_weights, read_json_object
 from pixelwise.models.base import CONFIG_NAME, WEIGHTS_NAME, SegmentationModel
 
 _REGISTRY: dict[str, type[SegmentationModel]] = {}
@@ -126,12 +125,7 @@ def read_config(config_path: Path) -> tuple[str, dict[str, Any]]:
     """
     where = f"{str(config_path)!r} is damaged"
     fix = "save the model again with model.save_pretrained()"
-    try:
-        config = json.loads(config_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{where}: it is not valid JSON ({error}); {fix}.") from error
-    if not isinstance(config, dict):
-        raise WeightsError(f"{where}: it holds a JSON {type(config).__name__}, not an object with 'arch'; {fix}.")
+    config = read_json_object(config_path, fix)
     arch, options = config.get("arch"), config.get("options", {})
     if not isinstance(arch, str):
         raise WeightsError(f"{where}: 'arch' must be an architecture name, got {arch!r}; {fix}.")
