@@ -172,7 +172,7 @@ def accuracy(args: argparse.Namespace, folder: Path) -> None:
     for index in range(len(data)):
         sample = data[index]
         image, size = sample["image"][None], sample["image"].shape[-2:]
-        x = (image - loaded.mean) / loaded.std  # the steps of LoadedModel.predict_logits, any forward
+        x = (image - loaded.mean) / loaded.std  # the Predictor's whole-image steps, any forward
         if loaded.scale != 1:
             scaled = [max(1, round(n * loaded.scale)) for n in size]
             x = F.interpolate(x, size=scaled, mode="bilinear", antialias=True)

@@ -38,6 +38,7 @@ import torch
 from pixelwise.data import SegmentationFolder
 from pixelwise.data.synthetic import write_synthetic
 from pixelwise.evaluate import load_model
+from pixelwise.inference import Predictor
 from pixelwise.instances import InstanceScorer
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.run import train
@@ -103,11 +104,12 @@ def score(run_dir: Path, data: Path, method: str) -> dict[str, float]:
     """Instance metrics and foreground IoU of one run on the validation split."""
     loaded = load_model(run_dir)
     scorer = InstanceScorer(loaded.target, loaded.separation_gap, method)
+    predictor = Predictor(loaded)
     dataset = SegmentationFolder(data, split="val", instances=True)
     intersection = union = 0
     for index in range(len(dataset)):
         sample = dataset[index]
-        probs = loaded.probabilities(loaded.predict_logits(sample["image"]))[0]
+        probs = torch.from_numpy(predictor.predict(sample["image"]))
         scorer.update(probs, sample["instances"])
         predicted = probs.argmax(0) != 0
         truth = sample["instances"] > 0

@@ -36,7 +36,7 @@ import tifffile
 import torch
 
 import pixelwise
-from pixelwise.inference import Predictor, predict_tiff
+from pixelwise.inference import Predictor, RuntimeOptions, TilingOptions, predict_tiff
 
 TOLERANCE = 1e-4
 SEED = 0
@@ -57,18 +57,16 @@ def build_model() -> torch.nn.Module:
 def predictor(
     model: torch.nn.Module | Path, args: argparse.Namespace, backend: str = "torch", fit_tiles: bool = True
 ) -> Predictor:
-    return Predictor(
-        model,
+    tiling = TilingOptions(
         tile_size=args.tile,
         overlap=0.25,
         blend="gaussian",
         batch_size=args.batch_size,
         padding_mode="constant",
-        device="cpu",
-        channels_last=not args.no_channels_last,
-        backend=backend,
         fit_tiles=fit_tiles,
     )
+    runtime = RuntimeOptions(backend=backend, device="cpu", channels_last=not args.no_channels_last)
+    return Predictor(model, tiling=tiling, runtime=runtime)
 
 
 def compare_with_monai(args: argparse.Namespace) -> None:

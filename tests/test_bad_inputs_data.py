@@ -102,7 +102,7 @@ def test_training_on_0_255_masks_learns_the_foreground(tmp_path):
     from pixelwise.evaluate import evaluate
 
     metrics = evaluate(tmp_path / "binary", tmp_path / "data", split="val", out_dir=tmp_path / "eval", progress=False)
-    truth = np.asarray(metrics["confusion_matrix"]).sum(1)
+    truth = np.asarray(metrics.confusion_matrix).sum(1)
     assert truth[1] == sum(
         int((np.asarray(Image.open(p)) == 255).sum()) for p in (tmp_path / "data/val/masks").iterdir()
     )

@@ -335,7 +335,7 @@ def test_evaluate_with_a_non_utf8_file_name(tmp_path):
     assert "<strong>img\\xff</strong>" in page
     assert 'src="gallery/img%FF.png"' in page  # the file's own bytes, so that browsers find it
     assert (out / "gallery" / f"{stem}.png").is_file()
-    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["images"] == metrics["images"] == 1
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["images"] == metrics.images == 1
 
 
 # -- 5. the gallery shows what was asked ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pixelwise.inference
 from pixelwise.cli import main
 from pixelwise.data.folder import DataError
 from pixelwise.errors import ConfigError
-from pixelwise.inference import Predictor
+from pixelwise.inference import Predictor, RuntimeOptions, TilingOptions
 from pixelwise.inference.files import predict_file
 
 
@@ -108,7 +108,7 @@ def test_out_holding_one_input_file_is_refused(model_dir, images, tmp_path, caps
 def test_predict_file_refuses_to_write_beside_its_input(model_dir, images):
     before = snapshot(images)
     with pytest.raises(ConfigError, match=r"holds the input .*a\.png.*choose another output folder"):
-        predict_file(Predictor(model_dir, tile_size=32), images / "a.png", images)
+        predict_file(Predictor(model_dir, tiling=TilingOptions(tile_size=32)), images / "a.png", images)
     assert snapshot(images) == before
 
 
@@ -146,7 +146,7 @@ def test_predictor_refuses_nan_and_inf_arrays(model_dir, as_tensor):
     image[0, 0, 1], image[1, 1] = -np.inf, np.nan
     given = torch.from_numpy(np.moveaxis(image, -1, 0).copy()) if as_tensor else image
     with pytest.raises(ConfigError, match=r"the image has 2 NaN or infinite pixels.*nan_to_num"):
-        Predictor(model_dir, tile_size=32).predict(given)
+        Predictor(model_dir, tiling=TilingOptions(tile_size=32)).predict(given)
 
 
 # -- 3. inputs that cannot be read ------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_every_unreadable_input_is_listed_as_failed(model_dir, images, tmp_path,
 
 def test_predict_file_refuses_a_named_pipe_without_opening_it(model_dir, tmp_path):
     os.mkfifo(tmp_path / "pipe.png")  # opening it would block until a writer comes
-    predictor = Predictor(model_dir, tile_size=32)
+    predictor = Predictor(model_dir, tiling=TilingOptions(tile_size=32))
     with fails_if_blocked(), pytest.raises(DataError, match=r"pipe\.png.*not a regular file"):
         predict_file(predictor, tmp_path / "pipe.png", tmp_path / "out")
 
@@ -229,9 +229,9 @@ def test_mps_without_mps_and_an_unparsable_device(model_dir, images, tmp_path, m
 def test_predictor_refuses_a_missing_gpu(model_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"device='cuda:1', but no CUDA GPU is visible"):
-        Predictor(model_dir, device="cuda:1")
+        Predictor(model_dir, runtime=RuntimeOptions(device="cuda:1"))
     with pytest.raises(ConfigError, match=r"device='gpux' is not a torch device"):
-        Predictor(model_dir, device="gpux")
+        Predictor(model_dir, runtime=RuntimeOptions(device="gpux"))
 
 
 # -- 6. output paths --------------------------------------------------------------------------
@@ -288,19 +288,22 @@ def test_out_of_range_options_name_the_option(model_dir, images, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+OPTION_GROUPS = {"tiling": TilingOptions, "runtime": RuntimeOptions}
+
+
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("group", "options", "message"),
     [
-        ({"tile_size": 0}, "tile_size=0 is out of range; give an int ≥ 1, or None for whole images"),
-        ({"tile_size": 2.5}, "tile_size=2.5 is out of range"),
-        ({"overlap": 1.5}, "overlap=1.5 is out of range; give a fraction of the tile in [0, 1)"),
-        ({"batch_size": 0}, "batch_size=0 is out of range; give an int ≥ 1"),
-        ({"precision": "fp16"}, "unknown precision option 'fp16'"),
+        ("tiling", {"tile_size": 0}, "tile_size=0 is out of range; give an int ≥ 1, or None for whole images"),
+        ("tiling", {"tile_size": 2.5}, "tile_size=2.5 is out of range"),
+        ("tiling", {"overlap": 1.5}, "overlap=1.5 is out of range; give a fraction of the tile in [0, 1)"),
+        ("tiling", {"batch_size": 0}, "batch_size=0 is out of range; give an int ≥ 1"),
+        ("runtime", {"precision": "fp16"}, "unknown precision option 'fp16'"),
     ],
 )
-def test_predictor_option_ranges(model_dir, options, message):
+def test_predictor_option_ranges(model_dir, group, options, message):
     with pytest.raises(ConfigError) as caught:
-        Predictor(model_dir, **options)
+        Predictor(model_dir, **{group: OPTION_GROUPS[group](**options)})
     assert message in str(caught.value)
 
 

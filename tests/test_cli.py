@@ -2,10 +2,12 @@
 
 import subprocess
 import sys
+from importlib.metadata import EntryPoint
 
 import pytest
 
 import pixelwise
+import pixelwise.cli
 from pixelwise.cli import main
 from pixelwise.models import list_models, register_model
 
@@ -17,6 +19,19 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("models", "info", "bench"):
         assert command in out
+
+
+def test_a_plugin_that_fails_to_import_leaves_the_other_commands(monkeypatch, capsys):
+    broken = EntryPoint("broken", "no_such_module_xyz.cli:add_parser", pixelwise.cli.PLUGIN_GROUP)
+    monkeypatch.setattr(pixelwise.cli, "entry_points", lambda group: [broken] if group == "pixelwise.commands" else [])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert "models" in captured.out and "broken" not in captured.out
+    [line] = captured.err.splitlines()  # one line naming the plugin and the error
+    assert "'broken'" in line and "no_such_module_xyz" in line and "ModuleNotFoundError" in line
+    assert main(["models"]) == 0
 
 
 def test_console_script_entry_point_runs():

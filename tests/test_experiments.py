@@ -1,5 +1,6 @@
-"""``pixelwise experiment``: a tiny synthetic study end to end through the study runner, resuming, the verdicts,
-the command line, and (when the real data sets are present) the plans of the registered studies."""
+"""``pixelwise experiment`` (the ``pixelwise-experiments`` add-on in ``experiments/``): a tiny synthetic study end
+to end through the study runner, resuming, the verdicts, the command line, and (when the real data sets are
+present) the plans of the registered studies."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from PIL import Image
 from pixelwise.cli import main
 from pixelwise.data.synthetic import write_synthetic
 from pixelwise.errors import ConfigError
-from pixelwise.experiments import STUDIES, data_folder, get_study, plan, run_study
-from pixelwise.experiments.base import LargerGain, Metric, Ordered, Stat, Study, Variant
-from pixelwise.experiments.runner import StudyOptions
+from pixelwise_experiments import STUDIES, StudyOptions, data_folder, get_study, plan, run_study
+from pixelwise_experiments.base import LargerGain, Metric, Ordered, Stat, Study, Variant
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PIXELWISE_DATA", REPO.parent / "shared" / "data"))
@@ -99,6 +99,7 @@ def test_results_md_means_and_verdict_match_the_csv(finished):
     )
     assert f"bilinear > nearest in mIoU: **{expected}**" in text
     assert "U-Net bilinear" in text and "![bars](bars.png)" in text and "![samples](samples.png)" in text
+    assert "no wall-clock cap" in text
 
 
 def test_an_interrupted_study_resumes_with_the_missing_runs_only(finished):
@@ -120,15 +121,30 @@ def test_an_interrupted_study_resumes_with_the_missing_runs_only(finished):
         run_study(TINY, StudyOptions(**{**vars(options), "budget": 2.0}), log=lines.append)
 
 
-def test_plan_gives_every_run_equal_steps_and_a_time_cap(tmp_path):
+def test_plan_gives_every_run_equal_steps_and_no_time_cap_unless_asked(tmp_path):
     options = StudyOptions(data=tmp_path, out=tmp_path, runs_dir=tmp_path, budget=3.0, seeds=2)
     runs = plan(TINY, options)
     assert [r.name for r in runs] == ["nearest-seed0", "nearest-seed1", "bilinear-seed0", "bilinear-seed1"]
     assert {r.planned_steps for r in runs} == {6}
     assert {r.config.samples_per_epoch for r in runs} == {6 * 2}  # one epoch of 6 steps of batch 2
-    assert {r.config.max_minutes for r in runs} == {round(2.0 * 3.0 * 20 / (2 * 3), 3)}
+    assert {r.config.max_minutes for r in runs} == {None}  # the budget is steps: no clock, whatever the machine
+    capped = plan(TINY, StudyOptions(**{**vars(options), "max_minutes_per_run": 1.5}))
+    assert {r.config.max_minutes for r in capped} == {1.5} and {r.planned_steps for r in capped} == {6}
     with pytest.raises(ConfigError, match="budget=0"):
         plan(TINY, StudyOptions(data=tmp_path, out=tmp_path, runs_dir=tmp_path, budget=0))
+    with pytest.raises(ConfigError, match="max_minutes_per_run=0"):
+        plan(TINY, StudyOptions(**{**vars(options), "max_minutes_per_run": 0}))
+
+
+def test_the_data_folder_comes_from_data_or_the_environment_only(tmp_path, monkeypatch):
+    data = write_synthetic(tmp_path / "cells", "cells", n_train=1, n_val=1, size=16, seed=0)
+    monkeypatch.delenv("PIXELWISE_DATA", raising=False)
+    with pytest.raises(ConfigError, match="--data") as error:
+        data_folder(TINY)
+    assert "PIXELWISE_DATA" in str(error.value)
+    assert data_folder(TINY, tmp_path) == data_folder(TINY, data) == data  # the folder or its parent
+    monkeypatch.setenv("PIXELWISE_DATA", str(tmp_path))
+    assert data_folder(TINY) == data
 
 
 @pytest.mark.parametrize(
@@ -180,12 +196,28 @@ def test_cli_lists_the_studies_and_their_claims(capsys):
     assert "unet-vs-fcn" in capsys.readouterr().out
 
 
-def test_cli_errors_name_the_fix(tmp_path, capsys):
+def test_cli_errors_name_the_fix(tmp_path, monkeypatch, capsys):
     assert main(["experiment", "unet-vs-fcm"]) == 2
     assert "did you mean 'unet-vs-fcn'" in capsys.readouterr().err
     assert main(["experiment", "fcn-skips", "--data", str(tmp_path / "nowhere")]) == 2
     error = capsys.readouterr().err
     assert "PIXELWISE_DATA" in error and "--data" in error and "val/masks" in error
+    monkeypatch.delenv("PIXELWISE_DATA", raising=False)
+    assert main(["experiment", "fcn-skips", "--dry-run"]) == 2  # no default data location
+    error = capsys.readouterr().err
+    assert "PIXELWISE_DATA" in error and "--data" in error and "shared" not in error
+
+
+def test_cli_time_cap_is_opt_in(tmp_path, monkeypatch, capsys):
+    study = get_study("fcn-skips")
+    for sub in study.layout:
+        (tmp_path / study.dataset / sub).mkdir(parents=True)
+    monkeypatch.setenv("PIXELWISE_DATA", str(tmp_path))
+    assert main(["experiment", "fcn-skips", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / study.dataset) in out and "min each" not in out
+    assert main(["experiment", "fcn-skips", "--dry-run", "--max-minutes-per-run", "2.5"]) == 0
+    assert "at most 2.5 min each" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", sorted(STUDIES))

@@ -2,7 +2,7 @@
 
 References are computed independently of the exported graph: the eager PyTorch model, the stock
 ``F.adaptive_avg_pool2d`` / ``max_unpool2d`` / antialiased ``F.interpolate``, and
-``LoadedModel.predict_logits`` for the raw-image pipeline.
+the :class:`Predictor` (whole images, unfolded) for the raw-image pipeline.
 """
 
 import json
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pixelwise.cli import main
 from pixelwise.errors import ConfigError, InputSizeError
 from pixelwise.evaluate import load_model
+from pixelwise.inference import Predictor, RuntimeOptions
 from pixelwise.inference.export import ExportError, export_onnx, export_torchscript
 from pixelwise.inference.exportable import AdaptiveAvgPoolMatrix, antialiased_resize, unpool_first_maximum
 from pixelwise.models import create_model
@@ -138,7 +139,7 @@ def saved_model(directory, scale=1.0, mask_offset=(0.0, 0.0)):
 
 
 @pytest.mark.parametrize(("scale", "mask_offset"), [(0.5, (0.0, 0.0)), (1.0, (-0.5, 1.25))])
-def test_with_preprocessing_gives_the_labels_of_predict_logits(tmp_path, scale, mask_offset):
+def test_with_preprocessing_gives_the_labels_of_the_predictor(tmp_path, scale, mask_offset):
     pytest.importorskip("onnxruntime")
     loaded = load_model(saved_model(tmp_path / "model", scale=scale, mask_offset=mask_offset))
     report = export_onnx(loaded, tmp_path / "raw.onnx", with_preprocessing=True, sample_size=SAMPLE)
@@ -146,7 +147,9 @@ def test_with_preprocessing_gives_the_labels_of_predict_logits(tmp_path, scale, 
     assert json.loads(report.metadata["mask_offset"]) == list(mask_offset)
     image = torch.randint(0, 256, (2, 3, 77, 90), dtype=torch.uint8)
     labels = run_onnx(tmp_path / "raw.onnx", image)
-    logits = loaded.predict_logits(image.float() / 255)
+    predictor = Predictor(loaded, runtime=RuntimeOptions(fold_bn=False, channels_last=False))
+    probabilities = torch.stack([torch.from_numpy(predictor.predict(one.float() / 255)) for one in image])
+    logits = probabilities.log()  # log-softmax: the logits' differences between classes
     top2 = logits.topk(2, dim=1).values
     differ = torch.from_numpy(labels) != logits.argmax(1)
     assert labels.dtype == np.int64 and labels.shape == (2, 77, 90)
@@ -161,7 +164,7 @@ def test_an_exported_float_graph_leaves_the_mask_offset_to_the_predictor(tmp_pat
     directory = saved_model(tmp_path / "model", mask_offset=(-0.5, 0.0))
     export_onnx(load_model(directory), tmp_path / "m.onnx", sample_size=SAMPLE)
     image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    through_onnx = Predictor(tmp_path / "m.onnx", backend="onnxruntime").predict(image)
+    through_onnx = Predictor(tmp_path / "m.onnx", runtime=RuntimeOptions(backend="onnxruntime")).predict(image)
     through_torch = Predictor.from_pretrained(directory).predict(image)
     unshifted = Predictor.from_pretrained(saved_model(tmp_path / "plain")).predict(image)
     assert np.abs(through_onnx - through_torch).max() < 1e-4 < np.abs(unshifted - through_torch).max()

@@ -70,9 +70,10 @@ def test_mirror_index_matches_numpy_reflect_pad():
 def test_sliding_window_equals_monai(blend, size):
     net = small_net()
     image = torch.rand(3, *size)
-    predictor = Predictor(
-        net, tile_size=64, overlap=0.25, blend=blend, batch_size=3, padding_mode="constant", fit_tiles=False
+    tiling = TilingOptions(
+        tile_size=64, overlap=0.25, blend=blend, batch_size=3, padding_mode="constant", fit_tiles=False
     )
+    predictor = Predictor(net, tiling=tiling)
     mode = "gaussian" if blend == "gaussian" else "constant"
     with torch.no_grad():
         expected = sliding_window_inference(image[None], (64, 64), 3, softmax_of(net), overlap=0.25, mode=mode)[0]
@@ -97,10 +98,12 @@ def test_fit_tile_never_costs_more_and_keeps_the_overlap():
 
 def test_fitted_tiles_change_the_plan_only_for_models_that_state_their_stride():
     model = pixelwise.create_model("unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=(16, 8, 8))
-    fitted = Predictor(model, tile_size=512, overlap=0.25).plans(1024, 2048)
+    fitted = Predictor(model, tiling=TilingOptions(tile_size=512, overlap=0.25)).plans(1024, 2048)
     assert (fitted[0].tile_in, fitted[1].tile_in) == (416, 512)
-    assert Predictor(model, tile_size=512, fit_tiles=False).plans(1024, 1024)[0].tile_in == 512
-    assert Predictor(small_net(), tile_size=512).plans(1024, 1024)[0].tile_in == 512  # no input_multiple
+    fixed = TilingOptions(tile_size=512, fit_tiles=False)
+    assert Predictor(model, tiling=fixed).plans(1024, 1024)[0].tile_in == 512
+    tiling = TilingOptions(tile_size=512)
+    assert Predictor(small_net(), tiling=tiling).plans(1024, 1024)[0].tile_in == 512  # no input_multiple
 
 
 # -- tiled equals whole ------------------------------------------------------------------------
@@ -110,10 +113,10 @@ def test_tiles_with_margin_equal_the_whole_image_pass(blend):
     image = torch.rand(3, 150, 170)
     with torch.no_grad():
         whole = net(image[None]).softmax(1)[0].numpy()
-    tiled = Predictor(net, tile_size=48, overlap=0.25, blend=blend, margin=2).predict(image)
+    tiled = Predictor(net, tiling=TilingOptions(tile_size=48, overlap=0.25, blend=blend, margin=2)).predict(image)
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
     # Without the margin, tile edges facing another tile see zero padding instead of the image.
-    assert np.abs(Predictor(net, tile_size=48, blend=blend).predict(image) - whole).max() > 1e-3
+    assert np.abs(Predictor(net, tiling=TilingOptions(tile_size=48, blend=blend)).predict(image) - whole).max() > 1e-3
 
 
 def test_images_not_larger_than_a_tile_run_whole():
@@ -124,9 +127,10 @@ def test_images_not_larger_than_a_tile_run_whole():
     image = torch.rand(1, 37, 53)
     expected = row_sums(image[None]).softmax(1)[0].numpy()
     for tile in (53, 64, None):
-        np.testing.assert_allclose(Predictor(row_sums, tile_size=tile).predict(image), expected, atol=1e-6)
+        tiled = Predictor(row_sums, tiling=TilingOptions(tile_size=tile)).predict(image)
+        np.testing.assert_allclose(tiled, expected, atol=1e-6)
     single = torch.rand(1, 1, 1)
-    assert Predictor(row_sums, tile_size=64).predict(single).shape == (2, 1, 1)
+    assert Predictor(row_sums, tiling=TilingOptions(tile_size=64)).predict(single).shape == (2, 1, 1)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +152,7 @@ def test_unet2015_tiles_equal_one_pass_over_the_mirrored_image(depth, size, tile
     padded_t = torch.from_numpy(padded)[None, None]
     with torch.no_grad():
         expected = torch.stack([model.forward_valid(padded_t.flip(f)).flip(f).softmax(1) for f in flips]).mean(0)
-    tiled = Predictor(model, tile_size=tile, batch_size=5, tta=tta).predict(image)
+    tiled = Predictor(model, tiling=TilingOptions(tile_size=tile, batch_size=5), tta=tta).predict(image)
     np.testing.assert_allclose(tiled, expected[0, :, :height, :width].numpy(), rtol=0, atol=1e-5)
     if not tta:  # the one-pass function training and evaluation use gives the same scores
         with torch.no_grad():
@@ -159,7 +163,7 @@ def test_unet2015_tiles_equal_one_pass_over_the_mirrored_image(depth, size, tile
 # -- inputs ------------------------------------------------------------------------------------
 def test_input_layouts_and_dtypes_agree():
     net = small_net(classes=2)
-    predictor = Predictor(net, tile_size=32)
+    predictor = Predictor(net, tiling=TilingOptions(tile_size=32))
     rgb = np.random.default_rng(1).integers(0, 256, (45, 70, 3), dtype=np.uint8)
     chw = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
     expected = predictor.predict(chw)
@@ -168,7 +172,11 @@ def test_input_layouts_and_dtypes_agree():
     np.testing.assert_allclose(predictor.predict(rgb.astype(np.uint16) * 257), expected, atol=1e-6)
     labels = predictor.predict_labels(rgb)
     assert labels.dtype == np.uint8 and np.array_equal(labels, expected.argmax(0))
-    gray = Predictor(small_net(in_channels=1, classes=1), tile_size=32, mean=[0.5], std=[0.25])
+    gray = Predictor(
+        small_net(in_channels=1, classes=1),
+        tiling=TilingOptions(tile_size=32),
+        normalization=NormalizationOptions(mean=[0.5], std=[0.25]),
+    )
     gray_image = np.random.default_rng(2).random((33, 40), dtype=np.float32)
     probability = gray.predict(gray_image)
     assert probability.shape == (1, 33, 40)
@@ -177,17 +185,18 @@ def test_input_layouts_and_dtypes_agree():
 
 def test_channel_mismatch_and_bad_options_are_clear_errors(tmp_path):
     model = pixelwise.create_model("unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8])
-    predictor = Predictor(model, tile_size=32)
+    predictor = Predictor(model, tiling=TilingOptions(tile_size=32))
     with pytest.raises(InputSizeError, match=r"the image has 1 channels .* the model expects 3"):
         predictor.predict(np.zeros((20, 20), np.uint8))
     with pytest.raises(ConfigError, match="did you mean 'gaussian'"):
-        Predictor(model, blend="gausian")
+        Predictor(model, tiling=TilingOptions(blend="gausian"))
     with pytest.raises(ConfigError, match="backend='onnxruntime'"):
-        Predictor(model, precision="int8")
+        Predictor(model, runtime=RuntimeOptions(precision="int8"))
     with pytest.raises(ConfigError, match="overlap"):
-        Predictor(model, overlap=1.0)
+        Predictor(model, tiling=TilingOptions(overlap=1.0))
     with pytest.raises(ConfigError, match="margin"):
-        Predictor(model, tile_size=32, overlap=0.1, margin=4).predict(np.zeros((80, 80, 3), np.uint8))
+        tiling = TilingOptions(tile_size=32, overlap=0.1, margin=4)
+        Predictor(model, tiling=tiling).predict(np.zeros((80, 80, 3), np.uint8))
     with pytest.raises(ConfigError, match="does not exist"):
         Predictor(tmp_path / "missing")
 
@@ -197,7 +206,7 @@ def test_from_pretrained_uses_the_saved_model(tmp_path):
         "unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], classes=3, activation="softmax"
     ).eval()
     model.save_pretrained(tmp_path / "model")
-    predictor = Predictor.from_pretrained(tmp_path / "model", tile_size=None)
+    predictor = Predictor.from_pretrained(tmp_path / "model", tiling=TilingOptions(tile_size=None))
     image = torch.rand(3, 40, 56)
     with torch.no_grad():
         expected = model(image[None])[0].numpy()  # activation="softmax": the model gives probabilities
@@ -208,8 +217,8 @@ def test_from_pretrained_uses_the_saved_model(tmp_path):
 def test_bf16_is_close_to_fp32():
     net = small_net()
     image = torch.rand(3, 40, 50)
-    fp32 = Predictor(net, tile_size=32).predict(image)
-    bf16 = Predictor(net, tile_size=32, precision="bf16").predict(image)
+    fp32 = Predictor(net, tiling=TilingOptions(tile_size=32)).predict(image)
+    bf16 = Predictor(net, tiling=TilingOptions(tile_size=32), runtime=RuntimeOptions(precision="bf16")).predict(image)
     assert np.abs(bf16 - fp32).max() < 0.05
 
 
@@ -226,7 +235,7 @@ def test_tta_averages_the_kernel_orbit(mode):
     image = torch.rand(2, 21, 34)  # not square: a transposition mix-up would not even fit
     expected = torch.stack([F.conv2d(image[None], k, padding=1).softmax(1) for k in kernels]).mean(0)[0]
     np.testing.assert_allclose(Predictor(conv, tta=mode).predict(image), expected.numpy(), atol=1e-6)
-    tiled = Predictor(conv, tta=mode, tile_size=16, margin=1, overlap=0.5).predict(image)
+    tiled = Predictor(conv, tiling=TilingOptions(tile_size=16, margin=1, overlap=0.5), tta=mode).predict(image)
     np.testing.assert_allclose(tiled, expected.numpy(), atol=1e-6)
 
 
@@ -291,7 +300,7 @@ def test_streamed_tiff_equals_in_memory_prediction(tmp_path):
     image = (np.random.default_rng(3).random((700, 900, 3)) * 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "tiled.tif", image, tile=(128, 128), compression="zlib")
     tifffile.imwrite(tmp_path / "strips.tif", image)  # uncompressed: rows read straight from the file
-    predictor = Predictor(small_net(classes=3), tile_size=128, overlap=0.25, batch_size=4)
+    predictor = Predictor(small_net(classes=3), tiling=TilingOptions(tile_size=128, overlap=0.25, batch_size=4))
     expected_probs = predictor.predict(image)
     expected = predictor.predict_labels(image)
     streamed = predict_tiff(predictor, tmp_path / "tiled.tif", tmp_path / "labels.tif", tmp_path / "probs.npy")
@@ -332,14 +341,16 @@ def test_onnxruntime_backend_matches_torch(tmp_path):
 
     model = pixelwise.UNet2015(in_channels=1, classes=2, base_channels=4, depth=2).eval()
     image = np.random.default_rng(5).random((70, 50), dtype=np.float32)
-    expected = Predictor(model, tile_size=56).predict(image)
-    exported = Predictor(model, tile_size=56, backend="onnxruntime")
+    tiling, onnx = TilingOptions(tile_size=56), RuntimeOptions(backend="onnxruntime")
+    expected = Predictor(model, tiling=tiling).predict(image)
+    exported = Predictor(model, tiling=tiling, runtime=onnx)
     np.testing.assert_allclose(exported.predict(image), expected, atol=1e-4)
     export_onnx(model, tmp_path / "model.onnx")
-    from_file = Predictor(tmp_path / "model.onnx", tile_size=56, backend="onnxruntime")
+    from_file = Predictor(tmp_path / "model.onnx", tiling=tiling, runtime=onnx)
     assert from_file.geometry is not None  # the valid-convolution tiling comes from the file's metadata
     np.testing.assert_allclose(from_file.predict(image), expected, atol=1e-4)
-    quantized = Predictor(tmp_path / "model.onnx", tile_size=56, backend="onnxruntime", precision="int8")
+    int8 = RuntimeOptions(backend="onnxruntime", precision="int8")
+    quantized = Predictor(tmp_path / "model.onnx", tiling=tiling, runtime=int8)
     probabilities = quantized.predict(image)
     assert probabilities.shape == expected.shape
     np.testing.assert_allclose(probabilities.sum(0), 1, atol=1e-5)

@@ -5,6 +5,10 @@ inference → instances → evaluation/report → cli. ``viz`` is a leaf that an
 import only the two lowest layers. Every ``import`` counts, at module level and inside functions alike:
 an import inside a function is no way around the order.
 
+The research studies (``pixelwise_experiments``, in the repository's ``experiments/`` folder) sit outside
+the package, above all of it: no pixelwise module imports them, and their own modules import one way too
+(no cycle among them).
+
 ``KNOWN_BACK_IMPORTS`` lists the back-imports that the restructuring of issue 19 has not removed yet.
 The test fails on any back-import not in the list, and on a listed one that no longer exists, so the
 list can only shrink.
@@ -14,6 +18,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pixelwise"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "pixelwise_experiments"
 LAYERS = [
     ("errors", "modes", "io", "_version"),
     ("data",),
@@ -24,7 +29,7 @@ LAYERS = [
     ("inference",),
     ("instances",),
     ("evaluate", "evaluation", "report", "demo"),
-    ("cli", "experiments", "__init__", "__main__"),
+    ("cli", "__init__", "__main__"),
 ]
 LEAVES = {"viz": 1}
 """Modules any layer may import, with the highest layer they may import themselves."""
@@ -118,3 +123,44 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
         assert ("pixelwise.data._layer_probe", "pixelwise.training") in back_imports()
     finally:
         module.unlink()
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports, anywhere in the file (``from a import b`` gives ``a`` and
+    ``a.b``: ``b`` may be a submodule)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_pixelwise_never_imports_the_experiments():
+    offenders = sorted(
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if any(name.split(".")[0] == "pixelwise_experiments" for name in top_level_imports(path))
+    )
+    assert not offenders, f"the library imports the research add-on: {offenders}"
+
+
+def test_the_experiments_import_one_way():
+    modules = {f"pixelwise_experiments.{path.stem}": path for path in EXPERIMENTS.glob("*.py")}
+    modules["pixelwise_experiments"] = modules.pop("pixelwise_experiments.__init__")
+    graph = {name: {m for m in top_level_imports(path) if m in modules} - {name} for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " → ".join([*path[path.index(name) :], name]))
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, (*path, name))
+        done.add(name)
+
+    assert len(modules) > 5
+    for name in sorted(graph):
+        visit(name, ())

@@ -7,7 +7,7 @@ from PIL import Image
 
 import pixelwise
 from pixelwise.cli import main
-from pixelwise.inference import Predictor
+from pixelwise.inference import Predictor, TilingOptions
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_predict_folder_writes_palette_masks_and_reports_the_broken_file(model_d
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "cannot read image" in captured.err
     assert "predicted 2 of 3 images" in captured.out
-    predictor = Predictor(model_dir, tile_size=64)
+    predictor = Predictor(model_dir, tiling=TilingOptions(tile_size=64))
     for name, size in (("a", (50, 70)), ("b", (90, 100))):
         mask = Image.open(out / f"{name}.png")
         assert mask.mode == "P" and mask.size == (size[1], size[0])
@@ -57,7 +57,7 @@ def test_large_tiff_is_streamed_to_a_tiled_tiff(model_dir, tmp_path, monkeypatch
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(32, 32))
     out = tmp_path / "out"
     assert main(["predict", "--model", str(model_dir), str(tmp_path / "*.tif"), "--out", str(out), "--tile", "48"]) == 0
-    expected = Predictor(model_dir, tile_size=48).predict_labels(image)
+    expected = Predictor(model_dir, tiling=TilingOptions(tile_size=48)).predict_labels(image)
     assert np.array_equal(tifffile.imread(out / "big.tif"), expected)
 
 

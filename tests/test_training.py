@@ -81,6 +81,18 @@ def test_config_validation(override, message):
         resolve(None, {"data": "d", **override})
 
 
+def test_binary_mode_trains_one_sigmoid_channel_that_evaluate_scores(cells, tmp_path):
+    """--mode binary on 0/1 masks: a one-channel model (it used to get 2 channels and fail in the loss), whose
+    thresholded sigmoid evaluate scores as background / foreground, as validation did."""
+    config = TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="b", mode="binary", loss="bce+dice", **TINY)
+    result = train(config)
+    model = pixelwise.from_pretrained(tmp_path / "b" / "model")
+    assert model.classes == 1
+    metrics = evaluate(tmp_path / "b", cells, split="val", out_dir=tmp_path / "eval", progress=False)
+    assert len(metrics.iou) == 2 and metrics.iou[1] > 0  # the foreground is found, not argmax over one channel
+    assert metrics.mean_iou == pytest.approx(result.best_miou, abs=1e-5)
+
+
 def test_train_writes_a_complete_run(cells, tmp_path):
     result = train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="r", **TINY))
     run = tmp_path / "r"
@@ -94,7 +106,7 @@ def test_train_writes_a_complete_run(cells, tmp_path):
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))
     # evaluating the exported model reproduces the best validation mIoU Lightning logged
     metrics = evaluate(run, cells, split="val", out_dir=tmp_path / "eval", progress=False)
-    assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)
+    assert metrics.mean_iou == pytest.approx(result.best_miou, abs=1e-5)
     assert (tmp_path / "eval" / "report.html").is_file() and (tmp_path / "eval" / "confusion.png").is_file()
 
 
@@ -127,7 +139,7 @@ def test_weight_averaging_validates_saves_and_resumes_the_averaged_weights(cells
     assert int(last["averaging_state"]["n_averaged"]) == last["global_step"] == 4
     # validation scored the averaged weights, and model/ holds them: evaluating it gives the logged best mIoU
     metrics = evaluate(run, cells, split="val", out_dir=tmp_path / "eval", progress=False)
-    assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)
+    assert metrics.mean_iou == pytest.approx(result.best_miou, abs=1e-5)
 
 
 @pytest.mark.parametrize("tta", ["hflip", "flips", "d4"])
@@ -164,8 +176,8 @@ def test_evaluate_with_tta_scores_the_mean_of_the_transformed_predictions(cells,
     iou = np.diag(matrix) / (matrix.sum(0) + matrix.sum(1) - np.diag(matrix))
     with_tta = evaluate(tmp_path / "m", cells, split="val", out_dir=tmp_path / "e1", progress=False, tta=tta)
     plain = evaluate(tmp_path / "m", cells, split="val", out_dir=tmp_path / "e2", progress=False)
-    assert with_tta["mean_iou"] == pytest.approx(iou.mean(), abs=1e-6)
-    assert with_tta["mean_iou"] != pytest.approx(plain["mean_iou"], abs=1e-4)
+    assert with_tta.mean_iou == pytest.approx(iou.mean(), abs=1e-6)
+    assert with_tta.mean_iou != pytest.approx(plain.mean_iou, abs=1e-4)
     with pytest.raises(ConfigError, match="did you mean 'd4'"):
         evaluate(tmp_path / "m", cells, split="val", out_dir=tmp_path / "e3", progress=False, tta="d8")
 
@@ -315,7 +327,7 @@ def test_ddp_two_cpu_processes_reduce_metrics(cells, tmp_path):
     logged = float(_rows(run)[-1]["val_miou"])
     # each process validated half of the 4 images; the logged value must cover all of them
     metrics = evaluate(run, cells, split="val", out_dir=tmp_path / "eval", progress=False)
-    assert metrics["mean_iou"] == pytest.approx(logged, abs=1e-5)
+    assert metrics.mean_iou == pytest.approx(logged, abs=1e-5)
 
 
 def test_clock_progress_anneals_the_schedule():
@@ -348,7 +360,7 @@ def test_reduced_scale_training_is_evaluated_at_full_resolution(cells, tmp_path)
     train(TrainConfig(data=str(cells), runs_dir=str(tmp_path), name="half", scale=0.5, **(TINY | {"crop": 32})))
     assert json.loads((tmp_path / "half" / "model" / "preprocessing.json").read_text())["scale"] == 0.5
     metrics = evaluate(tmp_path / "half", cells, split="val", out_dir=tmp_path / "eval", progress=False)
-    assert sum(metrics["support"]) == 4 * 64 * 64  # every full-resolution pixel was scored
+    assert sum(metrics.support) == 4 * 64 * 64  # every full-resolution pixel was scored
 
 
 def test_mask_offset_shifts_the_images_onto_their_masks_in_training_and_prediction(cells, tmp_path):
@@ -377,13 +389,13 @@ def test_mask_offset_shifts_the_images_onto_their_masks_in_training_and_predicti
     assert loaded.mask_offset == offset
     unshifted = dataclasses.replace(loaded, mask_offset=(0.0, 0.0))
     for tta in (None, "d4"):
-        expected = unshifted.predict_logits(shifted(raw[None]), tta=tta)
-        torch.testing.assert_close(loaded.predict_logits(raw[None], tta=tta), expected)
+        expected = pixelwise.Predictor(unshifted, tta=tta).predict(shifted(raw[None])[0])
+        np.testing.assert_allclose(pixelwise.Predictor(loaded, tta=tta).predict(raw), expected, atol=1e-6)
         probabilities = pixelwise.Predictor.from_pretrained(tmp_path / "s", tta=tta).predict(raw[0].numpy())
-        np.testing.assert_allclose(probabilities, expected.softmax(1)[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     # so validation during training and evaluate afterwards score the same predictions
     metrics = evaluate(tmp_path / "s", cells, split="val", out_dir=tmp_path / "eval", progress=False)
-    assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)
+    assert metrics.mean_iou == pytest.approx(result.best_miou, abs=1e-5)
 
 
 def test_train_notes_masks_drawn_off_the_image_edges(cells, tmp_path, caplog):
@@ -404,7 +416,7 @@ def test_unet2015_trains_on_mirrored_tiles_and_is_scored_on_whole_images(cells, 
     """The paper's network through the training loop: valid-size input tiles with mirrored context,
     the loss on the smaller output tile, whole validation images predicted mirror-padded."""
     from pixelwise.data import SegmentationFolder
-    from pixelwise.inference import Predictor
+    from pixelwise.inference import Predictor, RuntimeOptions, TilingOptions
     from pixelwise.metrics import ConfusionMatrix
     from pixelwise.training.task import training_tile
 
@@ -418,16 +430,16 @@ def test_unet2015_trains_on_mirrored_tiles_and_is_scored_on_whole_images(cells, 
     tile, border = training_tile(pixelwise.UNet2015(base_channels=1, depth=2), 40)
     assert f"{tile}×{tile} input tiles (--crop 40)" in caplog.text and f"padded by {border} px" in caplog.text
     metrics = evaluate(tmp_path / "u", cells, split="val", out_dir=tmp_path / "eval", progress=False)
-    assert sum(metrics["support"]) == 4 * 64 * 64  # every pixel of the 64×64 images, none lost to the border
-    assert metrics["mean_iou"] == pytest.approx(result.best_miou, abs=1e-5)
+    assert sum(metrics.support) == 4 * 64 * 64  # every pixel of the 64×64 images, none lost to the border
+    assert metrics.mean_iou == pytest.approx(result.best_miou, abs=1e-5)
     # an independent path: the tiled predictor (small tiles, mirror-padded windows) gives the same labels
-    predictor = Predictor(tmp_path / "u", tile_size=36, fold_bn=False)
+    predictor = Predictor(tmp_path / "u", tiling=TilingOptions(tile_size=36), runtime=RuntimeOptions(fold_bn=False))
     confusion = ConfusionMatrix(2)
     val = SegmentationFolder(cells, split="val")
     for item in (val[i] for i in range(len(val))):
         labels = torch.from_numpy(predictor.predict_labels(item["image"]).astype("int64"))
         confusion.update(labels[None], item["mask"][None])
-    assert confusion.compute()["mean_iou"].item() == pytest.approx(metrics["mean_iou"], abs=1e-4)
+    assert confusion.compute()["mean_iou"].item() == pytest.approx(metrics.mean_iou, abs=1e-4)
 
 
 def test_demo_command_plumbing(tmp_path):
@@ -440,9 +452,10 @@ def test_demo_command_plumbing(tmp_path):
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     for key in ("iou", "mean_iou", "f1", "mean_f1", "accuracy"):
         assert key in saved
-    assert saved["mean_iou"] == pytest.approx(metrics["mean_iou"])
+    assert saved["mean_iou"] == pytest.approx(metrics.mean_iou)
     assert (tmp_path / "demo" / "report.html").is_file()
-    assert len(list((tmp_path / "demo" / "predictions").glob("*-overlay.png"))) == 4
+    predictions = tmp_path / "demo" / "predictions"  # as `pixelwise predict --overlay` names them
+    assert len(list(predictions.glob("*_overlay.png"))) == 4 and len(list(predictions.glob("00??.png"))) == 4
 
 
 def test_class_weightings_are_validated():

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
+from pixelwise.data.synthetic import write_synthetic
+from pixelwise.evaluate import EvaluationResult, evaluate
+from pixelwise.inference import Predictor
+from pixelwise.inference.files import predict_file
 from pixelwise.training.config import TrainConfig
 
 DEMO_OUT = "outputs/demo"
@@ -36,11 +38,9 @@ DEMO_TRAINING = {
 }
 
 
-def run_demo(out: str | Path = DEMO_OUT, max_minutes: float | None = None, progress: bool = True) -> dict[str, Any]:
+def run_demo(out: str | Path = DEMO_OUT, max_minutes: float | None = None, progress: bool = True) -> EvaluationResult:
     """Run the demo into ``out``; return the validation metrics (also in ``out/metrics.json``)."""
-    from pixelwise.data.synthetic import write_synthetic
-    from pixelwise.evaluate import evaluate, load_model
-    from pixelwise.training.run import train
+    from pixelwise.training.run import train  # Lightning takes a second to import: `pixelwise --help` skips it
 
     out = Path(out)
     start = time.perf_counter()
@@ -60,37 +60,24 @@ def run_demo(out: str | Path = DEMO_OUT, max_minutes: float | None = None, progr
     print("[3/4] evaluating on the validation split")
     metrics = evaluate(result.run_dir, data, split="val", out_dir=out, progress=progress)
     print("[4/4] predicting unseen images")
-    predictions = _predict_test_images(load_model(result.run_dir), data / "test" / "images", out / "predictions")
+    predictions = _predict_test_images(result.run_dir, data / "test" / "images", out / "predictions")
 
-    names = metrics["class_names"]
-    print(f"\nvalidation ({metrics['images']} images):")
-    for name, iou, f1 in zip(names, metrics["iou"], metrics["f1"], strict=True):
+    print(f"\nvalidation ({metrics.images} images):")
+    for name, iou, f1 in zip(metrics.class_names, metrics.iou, metrics.f1, strict=True):
         print(f"  {name:<12} IoU {_fmt(iou)}   F1 {_fmt(f1)}")
-    print(f"  mean IoU {metrics['mean_iou']:.4f}   pixel accuracy {metrics['accuracy']:.4f}")
+    print(f"  mean IoU {metrics.mean_iou:.4f}   pixel accuracy {metrics.accuracy:.4f}")
     print(f"\npredictions: {predictions}")
     print(f"report:      {(out / 'report.html').resolve()}")
     print(f"total time:  {time.perf_counter() - start:.0f} s")
     return metrics
 
 
-def _predict_test_images(loaded, images_dir: Path, out_dir: Path) -> Path:
-    """Index PNG masks (with the class palette) and colour overlays for every image in ``images_dir``."""
-    from PIL import Image
-
-    from pixelwise.data import read_image
-    from pixelwise.io import atomic_path
-    from pixelwise.viz import overlay, save_png
-
+def _predict_test_images(run_dir: Path, images_dir: Path, out_dir: Path) -> Path:
+    """Palette PNG masks and colour overlays, through the Predictor of ``pixelwise predict``, for ``images_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    palette = loaded.classes.color_array()
+    predictor = Predictor.from_pretrained(run_dir)
     for path in sorted(images_dir.glob("*.png")):
-        image = torch.from_numpy(read_image(path))
-        labels = loaded.predict_logits(image).argmax(1)[0].numpy().astype(np.uint8)
-        mask = Image.fromarray(labels, mode="P")
-        mask.putpalette(palette.flatten().tolist())
-        with atomic_path(out_dir / f"{path.stem}.png") as tmp:
-            mask.save(tmp, format="PNG")
-        save_png(overlay(image.numpy(), labels, palette), out_dir / f"{path.stem}-overlay.png")
+        predict_file(predictor, path, out_dir, overlay=True)
     return out_dir
 
 

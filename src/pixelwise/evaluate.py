@@ -1,13 +1,17 @@
 """Evaluate a trained model on a data split: metrics, confusion matrix, gallery and HTML report.
 
 ``evaluate(model_path, data, split)`` accepts a run directory (``runs/<name>``, whose ``model/`` it
-loads), a ``save_pretrained`` directory, or a ``.ckpt`` file inside a run directory.
+loads), a ``save_pretrained`` directory, or a ``.ckpt`` file inside a run directory. Images are
+predicted by the same :class:`~pixelwise.inference.Predictor` as ``pixelwise predict``: whole, or in
+blended tiles with ``tiling=TilingOptions(tile_size=...)`` for images too large to predict at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +23,70 @@ from pixelwise.data import ClassInfo, DataError, SegmentationFolder
 from pixelwise.errors import ConfigError
 from pixelwise.inference.loaded import LoadedModel as LoadedModel  # re-exported: its old home
 from pixelwise.inference.loaded import load_model as load_model
+from pixelwise.inference.predictor import Predictor, RuntimeOptions, TilingOptions, labels_from_scores
 from pixelwise.inference.tta import tta_transforms
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.modes import IGNORE_INDEX
-from pixelwise.report import printable
+from pixelwise.report import printable, write_report
 from pixelwise.viz import panel, plot_confusion, save_png
 
 GALLERY_SIZE = 8
 METRIC_KEYS = ("iou", "f1", "precision", "recall")
 SUMMARY_KEYS = ("mean_iou", "mean_f1", "accuracy", "mean_accuracy", "fw_iou")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate` measured; :meth:`to_dict` is the content of ``metrics.json``.
+
+    Per-class lists have one entry per class (``None`` for a class absent from both prediction and
+    ground truth); summaries are floats in [0, 1]; counts are pixels.
+    """
+
+    class_names: list[str]
+    iou: list[float | None]
+    f1: list[float | None]
+    precision: list[float | None]
+    recall: list[float | None]
+    mean_iou: float
+    mean_f1: float
+    accuracy: float
+    mean_accuracy: float
+    fw_iou: float
+    confusion_matrix: list[list[int]]
+    """``[K, K]`` pixel counts, rows: ground truth, columns: prediction."""
+    support: list[int]
+    """Ground-truth pixels of each class."""
+    images: int
+    instances: dict[str, Any] | None = None
+    """Object-level means (:class:`~pixelwise.instances.InstanceScores`) when asked for, else None."""
+    report: Path | None = None
+    """The ``report.html`` written."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict of ``metrics.json`` (``instances`` only when scored, no ``report``)."""
+        content = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        content.pop("report")
+        if content["instances"] is None:
+            content.pop("instances")
+        return content
+
+    def __getitem__(self, key: str) -> Any:
+        """``result["mean_iou"]``: the dict access of earlier releases, deprecated; use ``result.mean_iou``."""
+        warnings.warn(
+            f"evaluate() returns an EvaluationResult; write result.{key} instead of result[{key!r}] "
+            "(dict access will be removed in the next release).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if key not in {field.name for field in dataclasses.fields(self)} or getattr(self, key) is None:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.to_dict() or (key == "report" and self.report is not None)
 
 
 def _as_list(value: torch.Tensor) -> list[float | None]:
@@ -48,47 +105,140 @@ def evaluate(
     instances: bool = False,
     instance_method: str = "auto",
     tta: str | None = None,
-) -> dict[str, Any]:
+    tiling: TilingOptions | None = None,
+    runtime: RuntimeOptions | None = None,
+) -> EvaluationResult:
     """Compute metrics of a trained model on ``data``/``split`` and write the evaluation folder.
 
     Writes ``metrics.json``, ``confusion.png``, ``gallery/*.png`` and ``report.html`` into
-    ``out_dir`` (default ``<run>/eval-<split>``) and returns the metrics dict (per-class lists
-    with ``None`` for classes absent from both prediction and ground truth).
+    ``out_dir`` (default ``<run>/eval-<split>``) and returns them as an :class:`EvaluationResult`.
+
+    Every image is predicted by a :class:`~pixelwise.inference.Predictor`: whole by default, or in
+    blended tiles with ``tiling`` (e.g. ``TilingOptions(tile_size=512)``), which bounds the memory of
+    the forward pass for images too large to predict at once; ``runtime`` picks the device and
+    backend. ``tta`` (``"hflip"``, ``"flips"`` or ``"d4"``) averages the probabilities of flipped and
+    rotated copies of every image.
 
     With ``instances``, each image's probabilities also become instances
     (:func:`pixelwise.instances.to_instances` with ``instance_method``; ``"auto"``: watershed for a
     boundary-target model, else components), scored against the data's ``instances/`` labels (else
     the connected components of the mask) by :class:`pixelwise.instances.InstanceScores`; the means
-    go to ``metrics["instances"]`` and the report. A boundary-target model is scored semantically as
-    background / object. ``tta`` (``"hflip"``, ``"flips"`` or ``"d4"``) averages the probabilities of flipped and
-    rotated copies of every image.
+    go to ``result.instances`` and the report. A boundary-target model is scored semantically as
+    background / object.
+
+    Raises:
+        ConfigError: an unknown option, or images whose channels differ from the model's.
+        DataError: unreadable data, or masks with nothing to score.
     """
     if tta is not None:
         tta_transforms(tta)  # an unknown mode fails before any work
     loaded = load_model(model_path)
     ignore = loaded.classes.ignore_index if ignore_index is None else ignore_index
+    dataset = _dataset(loaded, data, split, ignore_index, ignore, files, instances)
     boundary = loaded.target == "boundary"
+    classes = _object_classes(dataset.classes, ignore) if boundary else loaded.classes
+    predictor = Predictor(loaded, tiling=tiling, runtime=runtime, tta=tta)
+    scorer = InstanceScorer(loaded.target, loaded.separation_gap, instance_method) if instances else None
+    out = Path(out_dir) if out_dir else (loaded.run_dir or Path(model_path)) / f"eval-{split or 'all'}"
+    out.mkdir(parents=True, exist_ok=True)
+    total, per_image = _score_images(predictor, dataset, len(classes.names), ignore, boundary, scorer, progress)
+    if not int(total.matrix.sum()):
+        raise DataError(
+            f"every mask pixel of {str(dataset.layout.base)!r} equals ignore_index {ignore}: there is nothing to "
+            "score. If that value marks the objects, pass a different --ignore-index (check-data shows the values)."
+        )
+    results = total.compute()
+    result = EvaluationResult(
+        class_names=[printable(name) for name in classes.names],  # names are data: UTF-8-safe
+        **{key: _as_list(results[key]) for key in METRIC_KEYS},
+        **{key: float(results[key]) for key in SUMMARY_KEYS},
+        confusion_matrix=total.matrix.tolist(),
+        support=total.matrix.sum(1).tolist(),
+        images=len(dataset),
+        instances=None if scorer is None else scorer.compute(),
+    )
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    plot_confusion(total.matrix.numpy(), classes.names, out / "confusion.png")
+    gallery = _write_gallery(dataset, per_image, classes, out, gallery_size)
+    notes = [f"model: {model_path}", f"data: {data} (split {split}, {len(dataset)} images)"]
+    notes += [f"test-time augmentation: {tta}"] if tta else []
+    notes += [f"tiles of {predictor.tile_size} px"] if predictor.tile_size else []
+    title = f"pixelwise evaluation: {Path(str(data)).name}/{split or ''}"
+    return dataclasses.replace(
+        result, report=_write_report(out, title, result, classes, loaded.run_dir, gallery, notes)
+    )
+
+
+def _write_report(
+    out: Path,
+    title: str,
+    result: EvaluationResult,
+    classes: ClassInfo,
+    run_dir: Path | None,
+    gallery: list[dict[str, Any]],
+    notes: list[str],
+) -> Path:
+    """``out/report.html`` with the run's curves and configuration when ``run_dir`` has them."""
+    return write_report(
+        out,
+        title=title,
+        metrics=result.to_dict(),
+        class_names=list(classes.names),
+        palette=classes.color_array(),
+        curves_png=_run_file(run_dir, "curves.png"),
+        confusion_png=out / "confusion.png",
+        gallery=gallery,
+        config=_run_config(run_dir),
+        notes=notes,
+        instance_metrics=result.instances,
+    )
+
+
+def _dataset(
+    loaded: LoadedModel,
+    data: str | Path,
+    split: str | None,
+    ignore_index: int | None,
+    ignore: int,
+    files: str | list[str] | None,
+    instances: bool,
+) -> SegmentationFolder:
+    """The evaluation images and masks, read with the model's classes and mask values.
+
+    Raises:
+        ConfigError: the images have another number of channels than the model takes.
+    """
     # a boundary model's 3 outputs are not the data's classes: read the masks with their own class list
     dataset = SegmentationFolder(
         data,
         split=split,
-        num_classes=None if boundary else len(loaded.classes.names),
+        num_classes=None if loaded.target == "boundary" else len(loaded.classes.names),
         # an ignore value chosen by the user or the model; else 255, which binary 0/255 masks read as class 1
         ignore_index=None if ignore_index is None and ignore == IGNORE_INDEX else ignore,
         files=files,
         instances=instances,
         mask_values=loaded.mask_values,
     )
-    classes = _object_classes(dataset.classes, ignore) if boundary else loaded.classes
-    scorer = InstanceScorer(loaded.target, loaded.separation_gap, instance_method) if instances else None
     if dataset.in_channels != loaded.model.in_channels:
         raise ConfigError(
             f"the images in {str(data)!r} have {dataset.in_channels} channels but the model expects "
             f"{loaded.model.in_channels}; evaluate on data like the training data."
         )
-    out = Path(out_dir) if out_dir else (loaded.run_dir or Path(model_path)) / f"eval-{split or 'all'}"
-    out.mkdir(parents=True, exist_ok=True)
-    total = ConfusionMatrix(len(classes.names), ignore_index=ignore)
+    return dataset
+
+
+def _score_images(
+    predictor: Predictor,
+    dataset: SegmentationFolder,
+    num_classes: int,
+    ignore: int,
+    boundary: bool,
+    scorer: InstanceScorer | None,
+    progress: bool,
+) -> tuple[ConfusionMatrix, list[tuple[float, int, np.ndarray]]]:
+    """Predict every image; return the summed confusion matrix and ``(mIoU, index, labels)`` of each image."""
+    total = ConfusionMatrix(num_classes, ignore_index=ignore)
     per_image: list[tuple[float, int, np.ndarray]] = []
     items = range(len(dataset))
     if progress:
@@ -97,58 +247,19 @@ def evaluate(
         items = tqdm(items, desc="evaluate", unit="image", leave=False)
     for index in items:
         sample = dataset[index]
-        logits = loaded.predict_logits(sample["image"], tta=tta)
+        probabilities = predictor.predict(sample["image"])  # float32 [K, H, W]
+        labels = torch.from_numpy(labels_from_scores(probabilities)).long()[None]
         target = sample["mask"][None]
         if boundary:  # background / object, from background / interior / boundary
-            labels = (logits.argmax(1) != 0).long()
+            labels = (labels != 0).long()
             target = torch.where((target != 0) & (target != ignore), 1, target)
-        else:
-            labels = logits.argmax(1)
         if scorer is not None:
-            scorer.update(loaded.probabilities(logits)[0], sample.get("instances"), sample["mask"], ignore)
+            scorer.update(probabilities, sample.get("instances"), sample["mask"], ignore)
         total.update(labels, target)
-        single = ConfusionMatrix(len(classes.names), ignore_index=ignore)
+        single = ConfusionMatrix(num_classes, ignore_index=ignore)
         single.update(labels, target)
         per_image.append((float(single.compute()["mean_iou"]), index, labels[0].numpy().astype(np.uint8)))
-
-    if not int(total.matrix.sum()):
-        raise DataError(
-            f"every mask pixel of {str(dataset.layout.base)!r} equals ignore_index {ignore}: there is nothing to "
-            "score. If that value marks the objects, pass a different --ignore-index (check-data shows the values)."
-        )
-    results = total.compute()
-    metrics: dict[str, Any] = {key: _as_list(results[key]) for key in METRIC_KEYS}
-    metrics |= {key: float(results[key]) for key in SUMMARY_KEYS}
-    metrics["class_names"] = [printable(name) for name in classes.names]  # names are data: UTF-8-safe
-    metrics["confusion_matrix"] = total.matrix.tolist()
-    metrics["support"] = total.matrix.sum(1).tolist()
-    metrics["images"] = len(dataset)
-    if scorer is not None:
-        metrics["instances"] = scorer.compute()
-    with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_confusion(total.matrix.numpy(), classes.names, out / "confusion.png")
-    gallery = _write_gallery(dataset, per_image, classes, out, gallery_size)
-
-    from pixelwise.report import write_report
-
-    curves = loaded.run_dir / "curves.png" if loaded.run_dir and (loaded.run_dir / "curves.png").is_file() else None
-    config = _run_config(loaded.run_dir)
-    metrics["report"] = write_report(
-        out,
-        title=f"pixelwise evaluation: {Path(str(data)).name}/{split or ''}",
-        metrics=metrics,
-        class_names=list(classes.names),
-        palette=classes.color_array(),
-        curves_png=curves,
-        confusion_png=out / "confusion.png",
-        gallery=gallery,
-        config=config,
-        notes=[f"model: {model_path}", f"data: {data} (split {split}, {len(dataset)} images)"]
-        + ([f"test-time augmentation: {tta}"] if tta else []),
-        instance_metrics=metrics.get("instances"),
-    )
-    return metrics
+    return total, per_image
 
 
 def _object_classes(data_classes: ClassInfo, ignore: int) -> ClassInfo:
@@ -178,8 +289,12 @@ def _write_gallery(dataset, per_image, classes, out: Path, size: int) -> list[di
     return gallery
 
 
+def _run_file(run_dir: Path | None, name: str) -> Path | None:
+    return run_dir / name if run_dir is not None and (run_dir / name).is_file() else None
+
+
 def _run_config(run_dir: Path | None) -> dict[str, Any] | None:
-    if run_dir is None or not (run_dir / "config.yaml").is_file():
+    if _run_file(run_dir, "config.yaml") is None:
         return None
     import yaml
 

@@ -2,7 +2,10 @@
 
 One module per command (:mod:`~pixelwise.cli.models`, :mod:`~pixelwise.cli.train`, ...), each with
 ``add_parser(commands)`` registering its options and ``run(args)``: parse → call the library → print.
-Option defaults come from the library's named constants, never restated here. :func:`main` owns
+Option defaults come from the library's named constants, never restated here. Other distributions add
+commands through the ``pixelwise.commands`` entry point group (:data:`PLUGIN_GROUP`): each entry point is an
+``add_parser(commands)`` function, called after the built-in commands (``pixelwise experiment`` comes from
+``pixelwise-experiments``, the repository's ``experiments/`` folder). :func:`main` owns
 what every command shares: the exit status of an error, Ctrl-C, SIGTERM and a closed pipe.
 """
 
@@ -14,6 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from pixelwise.errors import PixelwiseError
 
@@ -27,9 +31,10 @@ COMMANDS = (
     "predict",
     "export",
     "demo",
-    "experiment",
 )
 """The command modules of this package, in the order ``pixelwise --help`` lists them."""
+PLUGIN_GROUP = "pixelwise.commands"
+"""Entry point group of commands from other distributions; ``pixelwise --help`` lists them after the built-in ones."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"pixelwise.cli.{name}").add_parser(commands)
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        try:
+            plugin.load()(commands)
+        except Exception as error:  # a broken add-on must not take the built-in commands down with it
+            reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line
+            print(f"pixelwise: command plugin {plugin.name!r} ({plugin.value}) not loaded: {reason}", file=sys.stderr)
     return parser
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pixelwise.cli import _tiling
 from pixelwise.cli._table import fmt, table
 from pixelwise.evaluate import GALLERY_SIZE
-from pixelwise.inference.tta import TTA_MODES
 from pixelwise.instances.postprocess import METHODS as INSTANCE_METHODS
 
 
@@ -31,12 +31,8 @@ def add_parser(commands: Any) -> None:
         default="auto",
         help="how probabilities become objects (default auto: watershed for --target boundary models, else components)",
     )
-    evaluate.add_argument(
-        "--tta",
-        choices=TTA_MODES,
-        default=None,
-        help="test-time augmentation, probabilities averaged (default none)",
-    )
+    _tiling.add_tiling_arguments(evaluate, 0)
+    _tiling.add_device_argument(evaluate)
     evaluate.set_defaults(func=run)
 
 
@@ -44,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate a trained model on a data split; print per-class metrics and the report's path."""
     from pixelwise.evaluate import evaluate
 
-    metrics = evaluate(
+    _tiling.check_tiling_arguments(args)
+    result = evaluate(
         args.checkpoint,
         args.data,
         split=args.split,
@@ -54,19 +51,17 @@ def run(args: argparse.Namespace) -> int:
         instances=args.instances,
         instance_method=args.instance_method,
         tta=args.tta,
+        tiling=_tiling.tiling_options(args),
+        runtime=_tiling.runtime_options(args),
     )
-    rows = [
-        [name, fmt(iou), fmt(f1), fmt(p), fmt(r)]
-        for name, iou, f1, p, r in zip(
-            metrics["class_names"], metrics["iou"], metrics["f1"], metrics["precision"], metrics["recall"], strict=True
-        )
-    ]
+    columns = (result.class_names, result.iou, result.f1, result.precision, result.recall)
+    rows = [[name, fmt(iou), fmt(f1), fmt(p), fmt(r)] for name, iou, f1, p, r in zip(*columns, strict=True)]
     print(table(rows, ["class", "IoU", "F1", "precision", "recall"]))
-    summary = f"mean IoU {metrics['mean_iou']:.4f}  mean F1 {metrics['mean_f1']:.4f}"
-    print(f"\n{summary}  pixel accuracy {metrics['accuracy']:.4f}")
-    if "instances" in metrics:
-        found = metrics["instances"]
+    summary = f"mean IoU {result.mean_iou:.4f}  mean F1 {result.mean_f1:.4f}"
+    print(f"\n{summary}  pixel accuracy {result.accuracy:.4f}")
+    if result.instances is not None:
+        found = result.instances
         keys = ("dsb_score", "pq", "sq", "rq", "f1", "precision", "recall", "count_error")
         print(f"instances ({found['method']}): " + "  ".join(f"{k} {fmt(found[k])}" for k in keys))
-    print(f"report: {metrics['report']}")
+    print(f"report: {result.report}")
     return 0

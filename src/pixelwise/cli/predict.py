@@ -17,41 +17,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.cli import _tiling
+from pixelwise.errors import ConfigError, PixelwiseError, check_choice
+from pixelwise.inference.backends import BACKENDS
 from pixelwise.inference.files import DEFAULT_TILE_SIZE, collect_inputs, predict_file, prepare_out
-from pixelwise.inference.predictor import (
-    DEFAULT_BACKEND,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BLEND,
-    DEFAULT_OVERLAP,
-    DEFAULT_PRECISION,
-)
-from pixelwise.inference.tta import TTA_MODES
+from pixelwise.inference.predictor import DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS
 
 
 def add_parser(commands: Any) -> None:
-    batch_size, overlap, blend = DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_BLEND
     predict = commands.add_parser("predict", help="predict label maps for image files (tiled, any size)")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     predict.add_argument("--model", required=True, help="run directory, save_pretrained directory or .onnx file")
     predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument(
-        "--tile",
-        type=int,
-        default=DEFAULT_TILE_SIZE,
-        help=f"tile size in pixels (0: whole images; default {DEFAULT_TILE_SIZE})",
-    )
-    predict.add_argument("--overlap", type=float, default=overlap, help=f"tile overlap fraction (default {overlap})")
-    predict.add_argument("--blend", default=blend, help=f"gaussian, linear or none (default {blend})")
-    predict.add_argument(
-        "--batch-size",
-        type=int,
-        default=batch_size,
-        help=f"tiles per forward pass (default {batch_size}; more on a GPU)",
-    )
-    predict.add_argument(
-        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation, probabilities averaged (default none)"
-    )
+    _tiling.add_tiling_arguments(predict, DEFAULT_TILE_SIZE)
     predict.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
     predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     predict.add_argument(
@@ -62,7 +40,7 @@ def add_parser(commands: Any) -> None:
     backend, precision = DEFAULT_BACKEND, DEFAULT_PRECISION
     predict.add_argument("--backend", default=backend, help=f"torch or onnxruntime (default {backend})")
     predict.add_argument("--precision", default=precision, help="fp32, bf16 or int8 (int8: onnxruntime)")
-    predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    _tiling.add_device_argument(predict)
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")
     predict.set_defaults(func=run)
 
@@ -73,20 +51,9 @@ def check_predict_options(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: names the option, the value and the valid range or choices.
     """
-    from pixelwise.inference.backends import BACKENDS
-    from pixelwise.inference.predictor import PRECISIONS, check_choice, check_device, check_fraction, check_int
-    from pixelwise.inference.tiling import BLEND_MODES
-
-    check_int("--tile", args.tile, 0, " (0: whole images)")
-    check_fraction("--overlap", args.overlap)
-    check_int("--batch-size", args.batch_size, 1)
-    for option, value, choices in (
-        ("--blend", args.blend, BLEND_MODES),
-        ("--backend", args.backend, BACKENDS),
-        ("--precision", args.precision, PRECISIONS),
-    ):
-        check_choice(option, value, choices)
-    check_device(args.device, "--device")
+    _tiling.check_tiling_arguments(args)
+    check_choice("--backend", args.backend, BACKENDS)
+    check_choice("--precision", args.precision, PRECISIONS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import functools
 
     from pixelwise.data.folder import IMAGE_READ_ERRORS
-    from pixelwise.inference import Predictor, RuntimeOptions, TilingOptions
+    from pixelwise.inference import Predictor
     from pixelwise.instances import write_prediction_instances
     from pixelwise.io import remove_stale_temporaries
 
@@ -111,14 +78,7 @@ def run(args: argparse.Namespace) -> int:
     removed = remove_stale_temporaries(out)
     if removed:
         print(f"removed {len(removed)} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
-    tiled = Predictor(
-        model,
-        tiling=TilingOptions(
-            tile_size=args.tile or None, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size
-        ),
-        runtime=RuntimeOptions(backend=args.backend, precision=args.precision, device=args.device),
-        tta=args.tta,
-    )
+    tiled = Predictor(model, tiling=_tiling.tiling_options(args), runtime=_tiling.runtime_options(args), tta=args.tta)
     failures: list[tuple[Any, str]] = list(unreadable)
     items: Any = inputs
     if not args.no_progress:

@@ -180,10 +180,10 @@ def read_image_array(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``float32 [C, H, W]`` scaled as the module docstring says.
+    """Read an image file as ``float32 [C, H, W]``: :func:`read_image_array`, scaled as the module docstring says.
 
     Raises:
-        DataError: the file cannot be decoded, or has more than three dimensions.
+        DataError: as in :func:`read_image_array`.
 
     Example:
         >>> read_image("data/images/01.png").shape  # doctest: +SKIP

@@ -8,7 +8,9 @@ and elastic deformation exactly.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -25,7 +27,9 @@ from pixelwise.data.weights import (
 from pixelwise.errors import ConfigError, unknown_name
 from pixelwise.modes import IGNORE_INDEX
 
-TARGETS = ("semantic", "boundary")
+Target = Literal["semantic", "boundary"]
+"""What a model is trained to predict: the mask's classes, or background / interior / boundary of objects."""
+TARGETS: tuple[Target, ...] = typing.get_args(Target)
 WEIGHT_MAPS = ("unet",)
 BOUNDARY_CLASSES = ("background", "interior", "boundary")
 """Class names of the ``boundary`` target, in id order."""
@@ -47,7 +51,7 @@ class TargetOptions:
         ignore_index: mask value of void pixels (kept void in every target).
     """
 
-    target: str = "semantic"
+    target: Target = "semantic"
     weight_map: str | None = None
     gap: int | None = None
     boundary_width: int = BOUNDARY_WIDTH

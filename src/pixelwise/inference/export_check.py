@@ -22,6 +22,7 @@ from pixelwise.data import ClassInfo
 from pixelwise.errors import ConfigError, ExportError
 from pixelwise.inference.exportable import UINT8_MAX
 from pixelwise.inference.loaded import LoadedModel, load_model
+from pixelwise.inference.predictor import Predictor, RuntimeOptions
 from pixelwise.models.geometry import uses_valid_convolution
 
 DEFAULT_TOLERANCE = 1e-4
@@ -110,8 +111,9 @@ def example(info: dict[str, Any], size: tuple[int, int], batch: int, raw: bool) 
 
 
 def reference(model: nn.Module, info: dict[str, Any], x: torch.Tensor, raw: bool) -> torch.Tensor:
-    """The eager output to reproduce: ``model(x)``, or for raw images the logits of
-    :meth:`LoadedModel.predict_logits` (the evaluation path: normalise, resize by scale, upsample)."""
+    """The eager output to reproduce: ``model(x)``, or for raw images the log-probabilities the
+    :class:`~pixelwise.inference.Predictor` gives each whole image (shift, normalise, resize by scale,
+    forward, resize back): their differences between classes are the logits' margins."""
     if not raw:
         with torch.inference_mode():
             return model(x).float()
@@ -120,7 +122,12 @@ def reference(model: nn.Module, info: dict[str, Any], x: torch.Tensor, raw: bool
     mean, std = torch.tensor(info["mean"]).view(shape), torch.tensor(info["std"]).view(shape)
     offset = tuple(info["mask_offset"])
     loaded = LoadedModel(model, mean, std, ClassInfo.default(1), None, info["scale"], mask_offset=offset)
-    return loaded.predict_logits(x.float() / UINT8_MAX)
+    # unfolded, NCHW and on the CPU: the plain eager computation the export must reproduce
+    predictor = Predictor(loaded, runtime=RuntimeOptions(device="cpu", fold_bn=False, channels_last=False))
+    probabilities = torch.stack([torch.from_numpy(predictor.predict(image.float() / UINT8_MAX)) for image in x])
+    if probabilities.shape[1] == 1:
+        return torch.logit(probabilities, eps=1e-7)
+    return probabilities.clamp_min(1e-30).log()
 
 
 def compare(output: torch.Tensor, expected: torch.Tensor, raw: bool) -> tuple[float, int | None]:

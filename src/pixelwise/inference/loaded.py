@@ -1,8 +1,9 @@
 """A trained model ready for inference: its weights, input normalisation and classes, loaded once.
 
 :func:`load_model` reads a run directory, a saved model folder (through :class:`pixelwise.bundle.ModelBundle`)
-or a training checkpoint; :class:`LoadedModel` predicts whole images the way training saw them. Evaluation,
-prediction, export and the ONNX check all load models here.
+or a training checkpoint into a :class:`LoadedModel`: the network with the input normalisation, scale,
+offset and classes it was trained with. Evaluation, prediction, export and the ONNX check all load models
+here and predict through :class:`~pixelwise.inference.Predictor`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from pixelwise.bundle import ModelBundle
 from pixelwise.data import ClassInfo
-from pixelwise.data.transforms import shift_image
 from pixelwise.errors import ConfigError, WeightsError
-from pixelwise.inference.tta import tta_average
 from pixelwise.io import load_checkpoint
 from pixelwise.models import SegmentationModel
 from pixelwise.models.base import CONFIG_NAME
-from pixelwise.models.geometry import forward_mirrored, uses_valid_convolution
 from pixelwise.models.registry import load_state
 
 
@@ -45,45 +42,6 @@ class LoadedModel:
     mask_values: dict[int, int] | None = None
     """Stored mask values the training data read as other class ids (``{255: 1}`` for 0/255 binary masks;
     None: not recorded, found from the evaluation masks)."""
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[N, K, H, W]`` logits → probabilities: softmax, or sigmoid for a one-channel (binary) model."""
-        return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
-
-    @torch.inference_mode()
-    def predict_logits(self, image: torch.Tensor, tta: str | None = None) -> torch.Tensor:
-        """``[C, H, W]`` or ``[N, C, H, W]`` image(s) in [0, 1] → ``[N, K, H, W]`` logits (whole image).
-
-        The image is first shifted by ``mask_offset`` (as in training); a model trained at ``scale``
-        sees the image resized by it; its scores are upsampled back.
-        A valid-convolution model (UNet2015) predicts the mirror-padded image, see
-        :func:`~pixelwise.models.geometry.forward_mirrored`.
-        With ``tta`` (``"hflip"``, ``"flips"`` or ``"d4"``, see :mod:`pixelwise.inference.tta`) the probabilities
-        of the transformed copies are averaged, and the logits returned are those of the average
-        (log-probabilities, or the logit of a one-channel model), so that ``probabilities`` and
-        ``argmax`` work on them as on plain logits.
-        """
-        batch = image[None] if image.ndim == 3 else image
-        # in the image's own frame, before any flip: the offset is a fact of how the masks were drawn
-        batch = shift_image(batch, self.mask_offset)
-        if tta is not None:
-            mean = tta_average(lambda x: self.probabilities(self._logits(x)), batch, tta)
-            return torch.logit(mean, eps=1e-7) if mean.shape[1] == 1 else mean.clamp_min(1e-12).log()
-        return self._logits(batch)
-
-    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
-        size = batch.shape[-2:]
-        device = next(self.model.parameters()).device
-        batch = (batch.to(device) - self.mean.to(device)) / self.std.to(device)
-        if self.scale != 1:
-            scaled = (max(1, round(size[0] * self.scale)), max(1, round(size[1] * self.scale)))
-            batch = F.interpolate(batch, size=scaled, mode="bilinear", antialias=True)
-        model = self.model.eval()
-        # a valid-convolution model (UNet2015) sees the image mirror-padded by its border, as the paper tiles
-        logits = (forward_mirrored(model, batch, model) if uses_valid_convolution(model) else model(batch)).float()
-        if self.scale != 1:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits.cpu()
 
 
 def load_model(path: str | Path) -> LoadedModel:

@@ -40,8 +40,10 @@ class SegmentationLoss(nn.Module):
 
     Args:
         mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"`` (shapes in :mod:`pixelwise.modes`).
-        ignore_index: target value of pixels that count for nothing; ``None`` ignores nothing.
-        from_logits: ``True`` if ``preds`` are raw scores (logits), ``False`` if probabilities.
+        ignore_index: target value of pixels (entries, in multilabel mode) that count for nothing
+            (default 255); ``None`` ignores nothing.
+        from_logits: ``True`` (default) if ``preds`` are raw scores (logits), ``False`` if
+            probabilities (softmax ones in multiclass mode, sigmoid ones otherwise).
 
     Raises:
         ConfigError: unknown mode, or a mode this loss does not support.

@@ -40,8 +40,7 @@ class TverskyLoss(SegmentationLoss):
 
     Args:
         mode: ``"binary"``, ``"multiclass"`` (default) or ``"multilabel"``.
-        ignore_index: target value of pixels that count for nothing (default 255; None: none).
-        from_logits: ``preds`` are logits (default) or, if False, probabilities.
+        ignore_index, from_logits: as in :class:`~pixelwise.losses.base.SegmentationLoss`.
         alpha: weight of false positives, ``>= 0`` (default 0.5).
         beta: weight of false negatives, ``>= 0`` (default 0.5).
         gamma: exponent of each class's loss, ``> 0`` (default 1.0).
@@ -120,12 +119,7 @@ class DiceLoss(_FixedTversky):
     that segmentation_models_pytorch 0.6 uses too (older tutorials add ``smooth`` once).
 
     Args:
-        mode: ``"binary"``, ``"multiclass"`` (default) or ``"multilabel"``.
-        ignore_index: target value of pixels that count for nothing (default 255; None: none).
-        from_logits: ``preds`` are logits (default) or, if False, probabilities.
-        smooth: added to numerator and denominator, ``>= 0`` (default 0.0; see the absent-class policy
-            in :mod:`pixelwise.losses.overlap`).
-        eps: lower bound of the denominator, ``> 0`` (default 1e-7).
+        mode, ignore_index, from_logits, smooth, eps: as in :class:`TverskyLoss`.
 
     Shape:
         as the mode (see :mod:`pixelwise.modes`). Takes no weight map.
@@ -143,19 +137,17 @@ class JaccardLoss(_FixedTversky):
     """Soft Jaccard (IoU) loss ``1 - TP / (TP + FP + FN)`` per class, averaged (Tversky with alpha = beta = 1).
 
     Args:
-        mode: ``"binary"``, ``"multiclass"`` (default) or ``"multilabel"``.
-        ignore_index: target value of pixels that count for nothing (default 255; None: none).
-        from_logits: ``preds`` are logits (default) or, if False, probabilities.
-        smooth: added to numerator and denominator, ``>= 0`` (default 0.0; see the absent-class policy
-            in :mod:`pixelwise.losses.overlap`).
-        eps: lower bound of the denominator, ``> 0`` (default 1e-7).
+        mode, ignore_index, from_logits, smooth, eps: as in :class:`TverskyLoss`.
 
     Shape:
         as the mode (see :mod:`pixelwise.modes`). Takes no weight map.
 
     Example:
-        >>> JaccardLoss("binary")(torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))).shape
-        torch.Size([])
+        A perfect prediction (here given as probabilities) has loss 0:
+
+        >>> target = torch.randint(0, 2, (2, 8, 8))
+        >>> JaccardLoss("binary", from_logits=False)(target[:, None].float(), target)
+        tensor(0.)
     """
 
     fixed_alpha = fixed_beta = 1.0

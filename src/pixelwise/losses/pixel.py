@@ -51,8 +51,7 @@ class CrossEntropyLoss(SegmentationLoss):
 
     Args:
         mode: must be ``"multiclass"``.
-        ignore_index: target value of pixels that count for nothing (default 255; None: none).
-        from_logits: ``preds`` are logits (default) or, if False, softmax probabilities.
+        ignore_index, from_logits: as in :class:`~pixelwise.losses.base.SegmentationLoss`.
         class_weights: one non-negative weight per class, or None for equal weights.
         label_smoothing: ``e`` in ``[0, 1]``; the target becomes ``(1 - e) * one_hot + e / K``.
 
@@ -61,7 +60,8 @@ class CrossEntropyLoss(SegmentationLoss):
 
     Example:
         >>> loss = CrossEntropyLoss(class_weights=[1.0, 5.0])
-        >>> loss(torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8))).shape
+        >>> weight_map = torch.ones(2, 8, 8)  # e.g. the U-Net paper's border weights
+        >>> loss(torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8)), weight_map).shape
         torch.Size([])
     """
 
@@ -119,8 +119,7 @@ class BCELoss(SegmentationLoss):
 
     Args:
         mode: ``"binary"`` (default) or ``"multilabel"``.
-        ignore_index: target value of entries that count for nothing (default 255; None: none).
-        from_logits: ``preds`` are logits (default) or, if False, sigmoid probabilities.
+        ignore_index, from_logits: as in :class:`~pixelwise.losses.base.SegmentationLoss`.
         pos_weight: weight of positive targets: a number, or one per class in multilabel mode.
 
     Shape:
@@ -128,8 +127,9 @@ class BCELoss(SegmentationLoss):
         weight_map ``[N, H, W]``.
 
     Example:
-        >>> loss = BCELoss("binary", pos_weight=3.0)
-        >>> loss(torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 1, 8, 8))).shape
+        >>> target = torch.randint(0, 2, (2, 1, 8, 8))
+        >>> target[..., :2, :] = 255  # unlabelled top rows: they count for nothing
+        >>> BCELoss("binary", pos_weight=3.0)(torch.randn(2, 1, 8, 8), target).shape
         torch.Size([])
     """
 
@@ -174,8 +174,7 @@ class FocalLoss(SegmentationLoss):
 
     Args:
         mode: ``"binary"``, ``"multiclass"`` (default) or ``"multilabel"``.
-        ignore_index: target value of entries that count for nothing (default 255; None: none).
-        from_logits: ``preds`` are logits (default) or, if False, probabilities.
+        ignore_index, from_logits: as in :class:`~pixelwise.losses.base.SegmentationLoss`.
         gamma: focusing exponent, ``>= 0`` (default 2.0).
         alpha: None (no balancing); binary/multilabel: the weight of positives in ``[0, 1]``;
             multiclass: one non-negative weight per class.
@@ -185,8 +184,9 @@ class FocalLoss(SegmentationLoss):
 
     Example:
         >>> loss = FocalLoss("binary", gamma=2.0, alpha=0.25)
-        >>> loss(torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))).shape
-        torch.Size([])
+        >>> preds, target = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))
+        >>> bool(loss(preds, target) < BCELoss()(preds, target))  # easy pixels weigh less
+        True
     """
 
     accepts_weight_map = True

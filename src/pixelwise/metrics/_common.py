@@ -155,6 +155,29 @@ def prepare(
     return Prepared(labels, target, valid, entries, multilabel=True)
 
 
+class StreamingMetric:
+    """Base of the streaming metrics: :meth:`prepare_batch` applies :func:`prepare` with the metric's
+    settings, which the subclass's constructor sets."""
+
+    mode: Mode
+    num_classes: int
+    ignore_index: int | None
+    threshold: float
+    from_logits: bool
+
+    def prepare_batch(self, preds: torch.Tensor, target: torch.Tensor) -> Prepared:
+        """:func:`prepare` ``preds`` and ``target`` (shapes as in :mod:`pixelwise.modes`) for counting."""
+        return prepare(
+            preds,
+            target,
+            self.mode,
+            self.num_classes,
+            ignore_index=self.ignore_index,
+            threshold=self.threshold,
+            from_logits=self.from_logits,
+        )
+
+
 def count_pixels(prepared: Prepared, *, per_image: bool = False) -> torch.Tensor:
     """Count (target, prediction) pairs with a single ``bincount``; ignored pixels land in a dropped extra bin.
 

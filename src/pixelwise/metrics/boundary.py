@@ -38,9 +38,9 @@ from pixelwise.errors import ConfigError
 from pixelwise.metrics._common import (
     DEFAULT_THRESHOLD,
     Prepared,
+    StreamingMetric,
     check_num_classes,
     distributed_sum,
-    prepare,
 )
 from pixelwise.modes import IGNORE_INDEX, Mode, check_mode
 
@@ -139,7 +139,7 @@ def _check_tolerance(tolerance: int) -> int:
     return tolerance
 
 
-class BoundaryScores:
+class BoundaryScores(StreamingMetric):
     """Streaming boundary F1 and boundary IoU per class (see the module docstring for the definitions).
 
     Args:
@@ -195,15 +195,7 @@ class BoundaryScores:
             ShapeError: shapes that do not fit the mode.
             ConfigError: class ids or labels outside ``[0, K)``.
         """
-        prepared = prepare(
-            preds,
-            target,
-            self.mode,
-            self.num_classes,
-            ignore_index=self.ignore_index,
-            threshold=self.threshold,
-            from_logits=self.from_logits,
-        )
+        prepared = self.prepare_batch(preds, target)
         counts = boundary_counts(prepared, self.tolerance)
         self._counts = self._counts.to(counts.device) + counts
 
@@ -268,9 +260,14 @@ boundary_f1 = _one_batch_score(
         float64 per-class BF scores; NaN for a class with no contour in either.
 
     Example:
+        A prediction one pixel off: half its contour matches exactly, all of it within 1 pixel.
+
         >>> square = torch.zeros(1, 8, 8, dtype=torch.long)
         >>> square[:, 2:6, 2:6] = 1
-        >>> boundary_f1(square, square, num_classes=2, tolerance=0)
+        >>> shifted = square.roll(1, dims=2)
+        >>> boundary_f1(shifted, square, num_classes=2, tolerance=0)
+        tensor([0.5000, 0.5000], dtype=torch.float64)
+        >>> boundary_f1(shifted, square, num_classes=2, tolerance=1)
         tensor([1., 1.], dtype=torch.float64)
     """,
 )
@@ -285,9 +282,11 @@ boundary_iou = _one_batch_score(
         float64 per-class boundary IoU; NaN for a class whose bands are both empty.
 
     Example:
-        >>> square = torch.zeros(1, 8, 8, dtype=torch.long)
-        >>> square[:, 2:6, 2:6] = 1
-        >>> boundary_iou(square, square, num_classes=2, tolerance=1)
-        tensor([1., 1.], dtype=torch.float64)
+        Stricter than the BF score: a one-pixel shift still costs at ``tolerance=1``.
+
+        >>> target = torch.zeros(1, 8, 8, dtype=torch.long)
+        >>> target[:, 2:6, 2:6] = 1
+        >>> boundary_iou(target.roll(1, dims=2), target, num_classes=2, tolerance=1)
+        tensor([0.6923, 0.6000], dtype=torch.float64)
     """,
 )

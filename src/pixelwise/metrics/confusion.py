@@ -7,6 +7,7 @@ import torch
 from pixelwise.errors import ConfigError
 from pixelwise.metrics._common import (
     DEFAULT_THRESHOLD,
+    StreamingMetric,
     check_num_classes,
     count_pixels,
     distributed_sum,
@@ -47,7 +48,7 @@ def confusion_matrix(
     return count_pixels(prepared)
 
 
-class ConfusionMatrix:
+class ConfusionMatrix(StreamingMetric):
     """Accumulate a confusion matrix over batches and report IoU, F-score, precision, recall and accuracy.
 
     Each :meth:`update` counts all pixels of a batch with a single ``torch.bincount`` over ``target * K + pred``
@@ -150,15 +151,7 @@ class ConfusionMatrix:
             ShapeError: shapes that do not fit the mode (the message names both shapes).
             ConfigError: class ids or labels outside ``[0, K)``.
         """
-        prepared = prepare(
-            preds,
-            target,
-            self.mode,
-            self.num_classes,
-            ignore_index=self.ignore_index,
-            threshold=self.threshold,
-            from_logits=self.from_logits,
-        )
+        prepared = self.prepare_batch(preds, target)
         counts = count_pixels(prepared, per_image=self.per_image)
         if counts.device != self._counts.device:
             self._device = counts.device

@@ -112,7 +112,7 @@ class DeepLabV3Plus(EncoderDecoderModel):
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
     Example:
-        >>> model = DeepLabV3Plus("resnet34", classes=3, activation="softmax")
+        >>> model = DeepLabV3Plus("resnet34", classes=3, encoder_output_stride=8)  # finer, slower
     """
 
     head_kernel_size = 1

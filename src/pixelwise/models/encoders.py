@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import timm
@@ -152,6 +153,31 @@ def feature_at(features: list[torch.Tensor], reductions: list[int], reduction: i
         if r == reduction:
             return feature
     return None
+
+
+def channels_at(channels: Sequence[int], reductions: Sequence[int], reduction: int) -> int:
+    """The channels of the feature :func:`feature_at` picks for ``reduction``, or 0 if there is none."""
+    matches = [c for c, r in zip(channels, reductions, strict=True) if r == reduction]
+    return matches[-1] if matches else 0
+
+
+def decoder_strides(depth: int) -> list[int]:
+    """The stride after each ×2 step of a decoder from stride ``2**depth`` back to 1, deepest first."""
+    return [2 ** (depth - 1 - i) for i in range(depth)]
+
+
+def decode_with_skips(
+    blocks: Iterable[nn.Module],
+    skip_reductions: Sequence[int | None],
+    features: list[torch.Tensor],
+    reductions: list[int],
+) -> torch.Tensor:
+    """Run ``blocks`` in turn from the deepest feature; block ``i`` gets ``(x, skip)``, where ``skip`` is
+    the feature at stride ``skip_reductions[i]`` (None where there is none, or where that is None)."""
+    x = features[-1]
+    for block, reduction in zip(blocks, skip_reductions, strict=True):
+        x = block(x, None if reduction is None else feature_at(features, reductions, reduction))
+    return x
 
 
 def build_encoder(

@@ -18,7 +18,7 @@ from torch import nn
 from pixelwise.errors import ConfigError
 from pixelwise.models.base import EncoderDecoderModel
 from pixelwise.models.blocks import BilinearTransposedUpsample
-from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, feature_at
 from pixelwise.models.registry import register_model
 
 FCN_STRIDES = (32, 16, 8)
@@ -67,7 +67,7 @@ class FCNDecoder(nn.Module):
                 )
         self.reductions = list(reductions)
         self.strides = tuple(strides)
-        channels = [self._channels(out_channels, reductions, s) for s in strides]
+        channels = [channels_at(out_channels, reductions, s) for s in strides]
         self.fc = FCNClassifier(channels[0], fc_channels, dropout) if fc_channels else nn.Identity()
         if fc_channels:
             channels[0] = fc_channels
@@ -76,10 +76,6 @@ class FCNDecoder(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         self.upsample = nn.ModuleList(BilinearTransposedUpsample(classes, classes, 2) for _ in strides[1:])
-
-    @staticmethod
-    def _channels(out_channels: list[int], reductions: list[int], stride: int) -> int:
-        return [c for c, r in zip(out_channels, reductions, strict=True) if r == stride][-1]
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         deepest = feature_at(features, self.reductions, self.strides[0])
@@ -135,9 +131,7 @@ class _FCN(EncoderDecoderModel):
         return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-_FCN_DOC = """{title}
-
-    {summary}
+_FCN_DOC = """{summary}
 
     Args:
         encoder_name: any timm model with feature_info; default ``"vgg16"`` as in the paper.
@@ -165,37 +159,44 @@ _FCN_DOC = """{title}
     """
 
 
-@register_model("fcn32s")
-class FCN32s(_FCN):
-    strides = FCN_STRIDES[:1]
-    __doc__ = _FCN_DOC.format(
-        title="FCN-32s: class scores at stride 32, upsampled ×32 to the input size.",
-        summary="The coarsest FCN: a single 1×1 score layer on the deepest feature, no skips.",
-        strides="32",
-        final=32,
-        name="FCN32s",
+def _fcn_variant(cls: type[_FCN]) -> type[_FCN]:
+    """Complete an FCN variant's docstring (its own summary) with the arguments all variants share."""
+    strides = [str(s) for s in cls.strides]
+    listed = strides[0] if len(strides) == 1 else f"{', '.join(strides[:-1])} and {strides[-1]}"
+    cls.__doc__ = _FCN_DOC.format(
+        summary=(cls.__doc__ or "").rstrip(), strides=listed, final=cls.strides[-1], name=cls.__name__
     )
+    return cls
+
+
+@register_model("fcn32s")
+@_fcn_variant
+class FCN32s(_FCN):
+    """FCN-32s: class scores at stride 32, upsampled ×32 to the input size.
+
+    The coarsest FCN: a single 1×1 score layer on the deepest feature, no skips.
+    """
+
+    strides = FCN_STRIDES[:1]
 
 
 @register_model("fcn16s")
+@_fcn_variant
 class FCN16s(_FCN):
+    """FCN-16s: stride-32 scores upsampled ×2 and summed with stride-16 scores, then ×16.
+
+    One skip: the ×2-upsampled stride-32 scores plus 1×1 scores of the stride-16 feature.
+    """
+
     strides = FCN_STRIDES[:2]
-    __doc__ = _FCN_DOC.format(
-        title="FCN-16s: stride-32 scores upsampled ×2 and summed with stride-16 scores, then ×16.",
-        summary="One skip: the ×2-upsampled stride-32 scores plus 1×1 scores of the stride-16 feature.",
-        strides="32 and 16",
-        final=16,
-        name="FCN16s",
-    )
 
 
 @register_model("fcn8s")
+@_fcn_variant
 class FCN8s(_FCN):
+    """FCN-8s: fuses scores at strides 32, 16 and 8, then upsamples ×8 (the paper's best FCN).
+
+    Two skips: stride-32 scores ×2 + stride-16 scores, ×2 again + stride-8 scores.
+    """
+
     strides = FCN_STRIDES
-    __doc__ = _FCN_DOC.format(
-        title="FCN-8s: fuses scores at strides 32, 16 and 8, then upsamples ×8 (the paper's best FCN).",
-        summary="Two skips: stride-32 scores ×2 + stride-16 scores, ×2 again + stride-8 scores.",
-        strides="32, 16 and 8",
-        final=8,
-        name="FCN8s",
-    )

@@ -13,7 +13,7 @@ from torch import nn
 
 from pixelwise.errors import ConfigError
 from pixelwise.models.base import EncoderDecoderModel
-from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, feature_at
 from pixelwise.models.registry import check_choice, register_model
 
 MERGE_POLICIES = ("add", "cat")
@@ -73,10 +73,10 @@ class FPNDecoder(nn.Module):
                 f"FPN needs encoder features of stride >= 4, but encoder {encoder.name!r} with "
                 f"encoder_depth={encoder.depth} has strides {encoder.reductions}; use encoder_depth >= 2."
             )
-        channels_at = dict(
-            zip(encoder.reductions, encoder.out_channels, strict=True)
-        )  # the deepest level of a stride wins
-        self.laterals = nn.ModuleList(nn.Conv2d(channels_at[s], pyramid_channels, 1) for s in self.strides)
+        self.laterals = nn.ModuleList(
+            nn.Conv2d(channels_at(encoder.out_channels, encoder.reductions, s), pyramid_channels, 1)
+            for s in self.strides
+        )
         self.seg_blocks = nn.ModuleList(
             SegmentationBlock(pyramid_channels, segmentation_channels, (s // self.output_stride).bit_length() - 1)
             for s in self.strides
@@ -112,7 +112,7 @@ class FPN(EncoderDecoderModel):
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
     Example:
-        >>> model = FPN("resnet34", classes=3, activation="softmax")
+        >>> model = FPN("resnet34", classes=3, decoder_merge_policy="cat")
     """
 
     head_kernel_size = 1

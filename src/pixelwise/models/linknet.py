@@ -12,7 +12,7 @@ from torch import nn
 from pixelwise.errors import ConfigError
 from pixelwise.models.base import EncoderDecoderModel
 from pixelwise.models.blocks import ConvBnAct, make_upsample
-from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, decode_with_skips, decoder_strides
 from pixelwise.models.registry import register_model
 
 _LEARNABLE_UPSAMPLING = ("transposed", "pixelshuffle")
@@ -57,15 +57,13 @@ class LinknetDecoder(nn.Module):
             raise ConfigError(f"decoder_prefinal_channels={prefinal_channels!r} must be a positive integer.")
         depth = encoder.depth
         self.reductions = encoder.reductions
-        channels_at = dict(
-            zip(encoder.reductions, encoder.out_channels, strict=True)
-        )  # the deepest level of a stride wins
         self.skip_reductions: list[int | None] = []
         blocks = []
         in_channels = encoder.out_channels[-1]
-        for reduction in (2 ** (depth - 1 - i) for i in range(depth)):
-            if reduction > 1 and reduction in channels_at:
-                out_channels, skip = channels_at[reduction], reduction
+        for reduction in decoder_strides(depth):
+            skip_channels = channels_at(encoder.out_channels, encoder.reductions, reduction)
+            if reduction > 1 and skip_channels:
+                out_channels, skip = skip_channels, reduction
             elif reduction > 1:
                 out_channels, skip = max(in_channels // 2, prefinal_channels), None
             else:
@@ -77,10 +75,7 @@ class LinknetDecoder(nn.Module):
         self.out_channels = in_channels
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]
-        for block, reduction in zip(self.blocks, self.skip_reductions, strict=True):
-            x = block(x, None if reduction is None else feature_at(features, self.reductions, reduction))
-        return x
+        return decode_with_skips(self.blocks, self.skip_reductions, features, self.reductions)
 
 
 @register_model("linknet")
@@ -98,7 +93,7 @@ class Linknet(EncoderDecoderModel):
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
     Example:
-        >>> model = Linknet("resnet34", classes=3, activation="softmax")
+        >>> model = Linknet("resnet34", classes=3, decoder_upsampling="bilinear")
     """
 
     def __init__(

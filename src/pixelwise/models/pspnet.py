@@ -83,7 +83,7 @@ class PSPNet(EncoderDecoderModel):
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
     Example:
-        >>> model = PSPNet("resnet34", classes=3, activation="softmax")
+        >>> model = PSPNet("resnet34", encoder_depth=4, classes=3, psp_bins=(1, 2, 4))
     """
 
     def __init__(

@@ -22,7 +22,7 @@ from torch import nn
 from pixelwise.errors import ConfigError
 from pixelwise.models.base import EncoderDecoderModel
 from pixelwise.models.blocks import UPSAMPLING_MODES, ConvBnAct, make_upsample
-from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, decode_with_skips, decoder_strides
 from pixelwise.models.geometry import is_tracing
 from pixelwise.models.registry import check_choice, register_model
 
@@ -133,12 +133,12 @@ class SegNetDecoder(nn.Module):
         super().__init__()
         depth = encoder.depth
         self.reductions = encoder.reductions
-        self.stage_reductions = [2 ** (depth - 1 - i) for i in range(depth)]  # stride after each stage
+        self.stage_reductions = decoder_strides(depth)
         in_channels = encoder.out_channels[-1]
         stages = []
         for reduction, convs in zip(self.stage_reductions, convs_per_stage, strict=True):
-            unpool_channels = self._channels(encoder, reduction)
-            out_channels = self._channels(encoder, reduction // 2) or decoder_channels
+            unpool_channels = channels_at(encoder.out_channels, encoder.reductions, reduction)
+            out_channels = channels_at(encoder.out_channels, encoder.reductions, reduction // 2) or decoder_channels
             stages.append(
                 SegNetDecoderStage(in_channels, unpool_channels, out_channels, convs, fallback, use_batchnorm)
             )
@@ -146,16 +146,8 @@ class SegNetDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_channels = in_channels
 
-    @staticmethod
-    def _channels(encoder: TimmEncoder, reduction: int) -> int:
-        matches = [c for c, r in zip(encoder.out_channels, encoder.reductions, strict=True) if r == reduction]
-        return matches[-1] if matches else 0
-
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]
-        for stage, reduction in zip(self.stages, self.stage_reductions, strict=True):
-            x = stage(x, feature_at(features, self.reductions, reduction))
-        return x
+        return decode_with_skips(self.stages, self.stage_reductions, features, self.reductions)
 
 
 @register_model("segnet")

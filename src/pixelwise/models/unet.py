@@ -11,7 +11,7 @@ from torch import nn
 from pixelwise.errors import ConfigError
 from pixelwise.models.base import EncoderDecoderModel
 from pixelwise.models.blocks import ConvBnAct, make_upsample
-from pixelwise.models.encoders import TimmEncoder, WeightsSpec, feature_at
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, decode_with_skips, decoder_strides
 from pixelwise.models.registry import register_model
 
 
@@ -55,24 +55,16 @@ class UnetDecoder(nn.Module):
             )
         self.reductions = list(feature_reductions)
         self.out_channels = decoder_channels[-1]
-        self.skip_reductions = [2 ** (depth - 1 - i) for i in range(depth)]  # stride after each block
+        self.skip_reductions = decoder_strides(depth)
         in_channels = [feature_channels[-1], *decoder_channels[:-1]]
-        skip_channels = [self._skip_channels(feature_channels, feature_reductions, r) for r in self.skip_reductions]
+        skip_channels = [channels_at(feature_channels, feature_reductions, r) for r in self.skip_reductions]
         self.blocks = nn.ModuleList(
             UnetDecoderBlock(i, s, o, upsampling, use_batchnorm)
             for i, s, o in zip(in_channels, skip_channels, decoder_channels, strict=True)
         )
 
-    @staticmethod
-    def _skip_channels(channels: Sequence[int], reductions: Sequence[int], reduction: int) -> int:
-        matches = [c for c, r in zip(channels, reductions, strict=True) if r == reduction]
-        return matches[-1] if matches else 0
-
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]
-        for block, reduction in zip(self.blocks, self.skip_reductions, strict=True):
-            x = block(x, feature_at(features, self.reductions, reduction))
-        return x
+        return decode_with_skips(self.blocks, self.skip_reductions, features, self.reductions)
 
 
 @register_model("unet")
@@ -95,7 +87,7 @@ class Unet(EncoderDecoderModel):
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
 
     Example:
-        >>> model = Unet("resnet34", classes=3, activation="softmax")
+        >>> model = Unet("resnet34", classes=2, decoder_full_resolution_channels=16)  # thin structures
     """
 
     def __init__(

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from pixelwise.data.targets import BOUNDARY_CLASSES, TargetOptions
+from pixelwise.data.targets import BOUNDARY_CLASSES, Target, TargetOptions
 from pixelwise.errors import ConfigError, unknown_name
 from pixelwise.io import atomic_path, read_text
 from pixelwise.modes import IGNORE_INDEX, Mode
@@ -30,7 +30,6 @@ Precision = Literal[
     "auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64"
 ]
 AugmentPreset = Literal["none", "light", "strong"]
-Target = Literal["semantic", "boundary"]
 """The choice options' values; the field annotations below use them, and :mod:`~pixelwise.training.checks`
 answers a value outside them with "unknown ...; did you mean"."""
 OPTIMIZERS: tuple[Optimizer, ...] = typing.get_args(Optimizer)

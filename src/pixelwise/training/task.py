@@ -28,13 +28,18 @@ STAGES = ("train", "val")
 
 def build_model(config: TrainConfig | Mapping[str, Any], in_channels: int, classes: int) -> SegmentationModel:
     """The pixelwise model a config describes (``model``, ``encoder``, ``model_options``): a TrainConfig,
-    or a mapping of its fields (e.g. a checkpoint's hyper-parameters; absent keys count as None)."""
+    or a mapping of its fields (e.g. a checkpoint's hyper-parameters; absent keys count as None).
+
+    ``classes`` is the number of classes of the data; a ``mode="binary"`` model has one output channel.
+    """
     values = config.to_dict() if isinstance(config, TrainConfig) else config
     options = dict(values.get("model_options") or {})
     if values.get("encoder") and takes_encoder(values["model"]):
         options.setdefault("encoder_name", values["encoder"])
         options.setdefault("encoder_weights", values.get("encoder_weights"))
-    return create_model(values["model"], in_channels=in_channels, classes=classes, **options)
+    # binary mode scores one sigmoid channel (foreground) for the 2 classes background / foreground
+    outputs = 1 if values.get("mode") == "binary" else classes
+    return create_model(values["model"], in_channels=in_channels, classes=outputs, **options)
 
 
 def training_tile(model: nn.Module, crop: int | None) -> tuple[int | None, int]:

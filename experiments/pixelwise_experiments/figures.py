@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from pixelwise.experiments.base import Study
 from pixelwise.io import atomic_path
 from pixelwise.viz import colorize, number, to_rgb
+from pixelwise_experiments.base import Study
 
 COLOURS = 128
 """Palette size of the stored PNGs: plots use a handful of colours, gray EM images survive 128 levels."""
@@ -24,8 +25,6 @@ COLOURS = 128
 
 def _save(fig: Any, path: str | Path) -> None:
     """Save a figure as a palette PNG (the plots have few colours; photos and EM images survive 128 well enough)."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     buffer.seek(0)
@@ -39,6 +38,7 @@ def bar_chart(study: Study, rows: Sequence[dict[str, Any]], path: str | Path) ->
 
     Variants with a ``group`` are drawn as grouped bars (x = group, colour = variant label).
     """
+    # deferred: matplotlib is slow to import and only needed once a study has results to draw
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -104,7 +104,7 @@ def sample_panel(
         image: ``[C, H, W]`` float in [0, 1]; target: ``[H, W]`` class ids; predictions: variant name →
             ``[H, W]`` class ids; palette: ``[K, 3]`` uint8.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred, as in bar_chart
 
     groups = list(dict.fromkeys(v.group for v in study.variants))
     columns = max(sum(v.group == g for v in study.variants) for g in groups) + 2

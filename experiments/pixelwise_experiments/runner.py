@@ -11,108 +11,20 @@ unless ``keep_runs``. A study that was interrupted continues where it stopped: r
 from __future__ import annotations
 
 import logging
-import math
-import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from pixelwise.errors import ConfigError
-from pixelwise.experiments.base import CAP_FACTOR, DEFAULT_SEEDS, Study, Variant
-from pixelwise.experiments.results import number, read_rows, write_outputs, write_rows
-from pixelwise.experiments.scoring import score_run
-from pixelwise.training.config import TrainConfig, from_dict
-
-DATA_ENV = "PIXELWISE_DATA"
-DEFAULT_DATA_ROOT = "../shared/data"
-
-
-@dataclass
-class StudyOptions:
-    """Where and how to run a study.
-
-    Args:
-        data: the study's data folder (e.g. ``../shared/data/camvid``).
-        out: folder for the results (small files only).
-        runs_dir: parent of the run directories.
-        budget: multiplies every run's optimiser steps (and its time cap); 1.0 = the default (about 20 minutes
-            for the whole study on 2 CPU cores).
-        seeds: runs per variant, with seeds 0 … seeds − 1.
-        accelerator: Lightning accelerator for training (``auto``, ``cpu``, ``gpu``); scoring uses the same.
-        keep_runs: keep checkpoints and exported weights in the run directories.
-    """
-
-    data: Path
-    out: Path
-    runs_dir: Path
-    budget: float = 1.0
-    seeds: int = DEFAULT_SEEDS
-    accelerator: str = "auto"
-    keep_runs: bool = False
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    variant: Variant
-    seed: int
-    config: TrainConfig
-    planned_steps: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.variant.name}-seed{self.seed}"
-
-
-def data_folder(study: Study, data: str | os.PathLike | None = None) -> Path:
-    """The study's data folder: ``data`` itself or ``data/<dataset>``; without ``data``,
-    ``$PIXELWISE_DATA/<dataset>`` (default ``../shared/data/<dataset>``). Raises ConfigError naming the
-    expected layout when it is missing."""
-    root = Path(data) if data else Path(os.environ.get(DATA_ENV, DEFAULT_DATA_ROOT))
-    folder = root / study.dataset if (root / study.dataset).is_dir() or not data else root
-    missing = [sub for sub in study.layout if not (folder / sub).is_dir()]
-    if missing:
-        raise ConfigError(
-            f"study {study.name!r} needs the {study.dataset} data set, but {str(folder)!r} "
-            f"{'does not exist' if not folder.is_dir() else 'has no ' + ', '.join(missing)}. Expected "
-            f"{folder}/{{{','.join(study.layout)}}}. Pass --data DIR (the {study.dataset} folder or its parent) "
-            f"or set {DATA_ENV} to the folder that holds {study.dataset}/ (default {DEFAULT_DATA_ROOT})."
-        )
-    return folder
-
-
-def plan(study: Study, options: StudyOptions) -> list[PlannedRun]:
-    """Every run of the study, variants × seeds, with its resolved and validated TrainConfig."""
-    if options.budget <= 0 or options.seeds < 1:
-        raise ConfigError(f"budget={options.budget} must be > 0 and seeds={options.seeds} at least 1.")
-    steps = max(1, round(study.steps * options.budget))
-    epochs = min(study.epochs, steps)
-    per_epoch = math.ceil(steps / epochs)
-    # each run's share of the study's minutes, as planned for the default number of seeds
-    cap = CAP_FACTOR * options.budget * study.minutes / (len(study.variants) * DEFAULT_SEEDS)
-    runs = []
-    for variant in study.variants:
-        for seed in range(options.seeds):
-            values: dict[str, Any] = {**study.base, **variant.overrides}
-            values |= {
-                "data": str(options.data),
-                "runs_dir": str(options.runs_dir),
-                "name": f"{variant.name}-seed{seed}",
-                "seed": seed,
-                "epochs": epochs,
-                "samples_per_epoch": per_epoch * values.get("batch_size", TrainConfig.batch_size),
-                "max_minutes": round(cap, 3),
-                "accelerator": options.accelerator,
-                "progress": False,
-            }
-            runs.append(
-                PlannedRun(
-                    variant, seed, from_dict(values, source=f"study {study.name}").validate(), epochs * per_epoch
-                )
-            )
-    return runs
+from pixelwise.viz import number
+from pixelwise_experiments.base import Study
+from pixelwise_experiments.planning import PlannedRun, StudyOptions, plan
+from pixelwise_experiments.results import read_rows, write_outputs, write_rows
+from pixelwise_experiments.scoring import score_run
 
 
 def run_study(study: Study, options: StudyOptions, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -120,6 +32,7 @@ def run_study(study: Study, options: StudyOptions, log: Callable[[str], None] = 
 
     Returns the rows of this study's results.csv.
     """
+    # deferred: pixelwise.training.run imports Lightning, which `pixelwise experiment --list` does not need
     from pixelwise.training.run import train
 
     runs = plan(study, options)
@@ -177,8 +90,6 @@ def run_study(study: Study, options: StudyOptions, log: Callable[[str], None] = 
 
 def _score(study: Study, run: PlannedRun, run_dir: Path, options: StudyOptions) -> dict[str, Any]:
     """Score a finished run and keep the sample prediction of the first seed."""
-    from PIL import Image
-
     metrics_rows = read_rows(run_dir / "metrics.csv")
     steps = int(number(metrics_rows[-1]["step"])) if metrics_rows else 0
     checkpoint = run_dir / "last.ckpt" if (run_dir / "last.ckpt").is_file() else run_dir
@@ -208,3 +119,6 @@ def _score(study: Study, run: PlannedRun, run_dir: Path, options: StudyOptions) 
         "eval_seconds": round(time.perf_counter() - start, 1),
     }
     return row | metrics
+
+
+__all__ = ["run_study"]

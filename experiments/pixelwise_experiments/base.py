@@ -5,11 +5,11 @@ A :class:`Study` is declarative: shared :class:`~pixelwise.training.config.Train
 claims whose verdicts are computed from the per-variant means and seed spreads.
 
 Budget: every run of a study trains for the same number of optimiser steps (``steps`` × ``--budget``), so
-architectures are compared at equal training, as the papers compare them. The step counts were sized so that
-a whole study (training, in-training monitoring and scoring) takes about ``minutes`` on 2 CPU cores. Each
-run also gets a wall-clock cap (:data:`CAP_FACTOR` × its share of the budget): a run stopped by the cap
-before its steps are done is marked ``capped`` in the results, because its comparison is then no longer at
-equal steps.
+architectures are compared at equal training, as the papers compare them. The budget is steps only: how long
+they take depends on the machine, so no time limit is part of a study. ``pixelwise experiment
+--max-minutes-per-run`` adds an opt-in wall-clock cap per run; a run stopped by it before its steps are done is
+marked ``capped`` in the results, because its comparison is then no longer at equal steps. ``measured`` records
+how long a study once took (documentation of a measurement, not a budget).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_SEEDS = 3
-CAP_FACTOR = 2.0
-"""A run may take this many times its share of the study's time budget before the clock stops it."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ Claim = Ordered | LargerGain
 
 @dataclass(frozen=True)
 class Study:
-    """A fixed-budget experiment: ``variants`` × seeds training runs on the ``dataset`` folder.
+    """A fixed-step experiment: ``variants`` × seeds training runs on the ``dataset`` folder.
 
     Args:
         name: the ``pixelwise experiment NAME``.
@@ -169,7 +167,8 @@ class Study:
         claims: what the numbers are checked against.
         class_names: names of the classes, for per-class columns (``iou_<name>``).
         eval_split, eval_files: the validation images every run is scored on (full resolution).
-        minutes: wall-clock minutes of the whole study at budget 1 on 2 CPU cores (sets the time caps).
+        measured: how long the study took once, with the machine it ran on (``"18 min for all runs at
+            --budget 1 on a 2-core CPU"``): documentation for ``--list``, nothing depends on it.
         panel_image: index (in the scored images) of the image of the sample-prediction figure;
             ``panel_crop``: show only a centred square of this side (thin structures stay visible).
         extra_columns: further table columns (e.g. ``params``, ``ms_per_image``).
@@ -191,7 +190,7 @@ class Study:
     class_names: tuple[str, ...]
     eval_split: str | None = "val"
     eval_files: str | list[str] | None = None
-    minutes: float = 20.0
+    measured: str | None = None
     panel_image: int = 0
     panel_crop: int | None = None
     extra_columns: tuple[Metric, ...] = ()

@@ -1,4 +1,8 @@
-"""``pixelwise experiment NAME``: run one of the studies; ``--list`` shows them and their claims."""
+"""``pixelwise experiment NAME``: run one of the studies; ``--list`` shows them and their claims.
+
+A ``pixelwise`` command from outside the library: ``pixelwise.cli`` finds :func:`add_parser` through the
+``pixelwise.commands`` entry point of this distribution and calls it with its subparsers.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,25 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from pixelwise.experiments.base import DEFAULT_SEEDS
-from pixelwise.experiments.runner import StudyOptions
+from pixelwise_experiments import STUDIES, data_folder, get_study, plan, run_study
+from pixelwise_experiments.base import DEFAULT_SEEDS
+from pixelwise_experiments.planning import DATA_ENV, StudyOptions
 
 
 def describe_studies(width: int = 100) -> str:
-    """One paragraph per study: name, data set, runs, and the claim it tests."""
-    from pixelwise.experiments import STUDIES
-
+    """One paragraph per study: name, data set, runs, and the claim it tests (and how long it once took)."""
     blocks = []
     for study in STUDIES.values():
         runs = len(study.variants) * DEFAULT_SEEDS
         head = (
             f"{study.name}  ({study.dataset}; {len(study.variants)} variants × {DEFAULT_SEEDS} seeds = {runs} runs "
-            f"of {study.steps} steps, about {study.minutes:.0f} min on 2 CPU cores)"
+            f"of {study.steps} steps)"
         )
+        measured = f" Measured: {study.measured}." if study.measured else ""
         variants = "variants: " + ", ".join(v.title + (f" [{v.group}]" if v.group else "") for v in study.variants)
-        body = textwrap.fill(f"claim: {study.claim} {variants}.", width, initial_indent="  ", subsequent_indent="  ")
+        body = textwrap.fill(
+            f"claim: {study.claim} {variants}.{measured}", width, initial_indent="  ", subsequent_indent="  "
+        )
         blocks.append(f"{head}\n{body}")
     return "\n\n".join(blocks)
 
@@ -30,7 +36,7 @@ def describe_studies(width: int = 100) -> str:
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "experiment",
-        help="run a fixed-budget study of an FCN / U-Net / SegNet claim (--list shows them)",
+        help="run a fixed-step study of an FCN / U-Net / SegNet claim (--list shows them)",
         description="Train every variant of a study with several seeds for equal steps, score each run on "
         "full-resolution validation images, and write results.csv, results.md (mean ± s.d. and a verdict "
         "per claim), bar charts and sample predictions.",
@@ -42,7 +48,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data",
         default=None,
-        help="the study's data folder or its parent (default $PIXELWISE_DATA/<dataset>, else ../shared/data/<dataset>)",
+        help=f"the study's data folder or its parent (default ${DATA_ENV}/<dataset>; one of the two is needed)",
     )
     parser.add_argument("--out", default=None, help="results folder (default outputs/experiments/NAME)")
     parser.add_argument(
@@ -52,8 +58,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--budget",
         type=float,
         default=StudyOptions.budget,
-        help=f"multiplies the steps of every run; {StudyOptions.budget} (default) is about 20 min for a study "
-        "on 2 CPU cores",
+        help=f"multiplies the steps of every run (default {StudyOptions.budget}: the study's own step counts)",
+    )
+    parser.add_argument(
+        "--max-minutes-per-run",
+        type=float,
+        default=StudyOptions.max_minutes_per_run,
+        metavar="MINUTES",
+        help="stop a run's training after this many minutes; a run stopped before its steps is marked capped "
+        "(default: no cap, every run trains all its steps)",
     )
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help=f"seeds per variant (default {DEFAULT_SEEDS})")
     parser.add_argument(
@@ -70,8 +83,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List the studies, or plan and run one."""
-    from pixelwise.experiments import data_folder, get_study, plan, run_study
-
     if args.list or not args.name:
         print(describe_studies())
         if not args.list:
@@ -86,11 +97,13 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         accelerator="gpu" if args.accelerator == "cuda" else args.accelerator,
         keep_runs=args.keep_runs,
+        max_minutes_per_run=args.max_minutes_per_run,
     )
     runs = plan(study, options)
     print(
         f"study {study.name}: {len(runs)} runs ({len(study.variants)} variants × {options.seeds} seeds), "
-        f"{runs[0].planned_steps} steps each, at most {runs[0].config.max_minutes:.1f} min each; "
+        f"{runs[0].planned_steps} steps each"
+        f"{f', at most {options.max_minutes_per_run:g} min each' if options.max_minutes_per_run else ''}; "
         f"data {options.data}; results in {options.out}"
     )
     if args.dry_run:

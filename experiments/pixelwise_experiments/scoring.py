@@ -16,6 +16,7 @@ import torch
 
 from pixelwise.data import SegmentationFolder
 from pixelwise.evaluate import load_model
+from pixelwise.inference import Predictor, RuntimeOptions, labels_from_scores
 from pixelwise.metrics import BoundaryScores, ConfusionMatrix
 from pixelwise.modes import IGNORE_INDEX
 
@@ -59,8 +60,7 @@ def score_run(
         after one warm-up) and ``images``; ``labels`` is uint8 ``[H, W]`` or None.
     """
     loaded = load_model(checkpoint)
-    device = _device(accelerator)
-    loaded.model.to(device)
+    predictor = Predictor(loaded, runtime=RuntimeOptions(device=_device(accelerator)))
     k = len(class_names)
     dataset = SegmentationFolder(data, split=split, num_classes=k, ignore_index=ignore_index, files=files)
     confusion = ConfusionMatrix(k, ignore_index=ignore_index, sync_dist=False)
@@ -69,9 +69,10 @@ def score_run(
     for index in range(len(dataset)):
         sample = dataset[index]
         if index == 0:
-            loaded.predict_logits(sample["image"])  # warm-up: first-call allocations are not inference speed
+            predictor.predict(sample["image"])  # warm-up: first-call allocations are not inference speed
         start = time.perf_counter()
-        labels = loaded.predict_logits(sample["image"]).argmax(1)  # predict_logits returns on the CPU: synced
+        scores = predictor.predict(sample["image"])  # NumPy on the CPU: synchronised
+        labels = torch.from_numpy(labels_from_scores(scores)).long()[None]
         times.append(time.perf_counter() - start)
         target = sample["mask"][None]
         confusion.update(labels, target)

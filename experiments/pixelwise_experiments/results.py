@@ -8,18 +8,18 @@ import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from pixelwise.experiments.base import Stat, Study, Summary, Verdict
-from pixelwise.experiments.scoring import column_name
+from pixelwise.data import SegmentationFolder, read_mask
 from pixelwise.io import atomic_path
-from pixelwise.viz import default_palette, number  # number: runner.py reads it from here
-
-if TYPE_CHECKING:
-    from pixelwise.experiments.runner import StudyOptions
+from pixelwise.viz import default_palette, number
+from pixelwise_experiments.base import Stat, Study, Summary, Verdict
+from pixelwise_experiments.figures import bar_chart, sample_panel
+from pixelwise_experiments.planning import StudyOptions, plan
+from pixelwise_experiments.scoring import column_name
 
 ID_COLUMNS = ("study", "variant", "group", "seed", "budget")
 
@@ -114,10 +114,6 @@ def _cell(value: Stat, digits: int, spread: bool = True) -> str:
 
 def write_outputs(study: Study, options: StudyOptions, rows: list[dict[str, Any]]) -> None:
     """(Re)write results.md, bars.png and samples.png from the rows so far."""
-    from pixelwise.data import SegmentationFolder, read_mask
-    from pixelwise.experiments.figures import bar_chart, sample_panel
-    from pixelwise.experiments.runner import plan
-
     out = Path(options.out)
     if not rows:
         return
@@ -136,18 +132,21 @@ def write_outputs(study: Study, options: StudyOptions, rows: list[dict[str, Any]
         figures.append("samples.png")
     first = plan(study, options)[0]
     capped = sum(str(r.get("capped")) == "True" for r in rows)
+    cap = options.max_minutes_per_run
+    limit = "no wall-clock cap" if cap is None else f"each run capped at {cap:g} min of wall time"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     setup = [
         f"Data: `{study.dataset}`, scored on {rows[-1].get('images', '?')} images ({study.eval_split or ''}"
         f"{' ' + str(study.eval_files) if study.eval_files else ''}) at full resolution, from each run's last "
         "checkpoint; boundary F1/IoU with a 2-pixel tolerance, averaged over classes.",
         f"Budget: equal optimiser steps for every run — {first.planned_steps} steps of batch "
-        f"{first.config.batch_size} (`--budget {options.budget}`), each run capped at "
-        f"{first.config.max_minutes:.1f} min of wall time; {capped} of {len(rows)} runs were stopped by the cap.",
+        f"{first.config.batch_size} (`--budget {options.budget}`), {limit}; {capped} of {len(rows)} runs "
+        "stopped before their steps were done.",
         f"Seeds: {', '.join(sorted({str(r['seed']) for r in rows}, key=int))}; wall time of all runs "
         f"{sum(number(r.get('run_seconds')) for r in rows) / 60:.1f} min on {device}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread{'' if torch.get_num_threads() == 1 else 's'}.",
-        f"Reproduce: `pixelwise experiment {study.name} --budget {options.budget} --seeds {options.seeds}` "
+        f"Reproduce: `pixelwise experiment {study.name} --budget {options.budget} --seeds {options.seeds}"
+        f"{f' --max-minutes-per-run {cap:g}' if cap is not None else ''}` "
         f"(exact configurations in `configs/`, one row per run in `results.csv`).",
     ]
     write_markdown(out / "results.md", study, rows, setup, figures)
