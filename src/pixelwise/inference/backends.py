@@ -27,6 +27,7 @@ from pixelwise.bundle import ModelBundle
 from pixelwise.errors import ConfigError
 from pixelwise.inference.fuse import fold_batchnorm
 from pixelwise.inference.loaded import LoadedModel, load_model
+from pixelwise.models.base import segmentation_output
 from pixelwise.models.geometry import ValidGeometry, uses_valid_convolution
 
 BACKENDS = ("torch", "onnxruntime")
@@ -181,8 +182,15 @@ def prepare(
     module = _strip_activation(module).to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    forward = module.forward_valid if uses_valid_convolution(module) else module
+    forward = module.forward_valid if uses_valid_convolution(module) else _masks_of(module)
     return torch.compile(forward) if compile else forward
+
+
+def _masks_of(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module`` itself, or for a model with an aux_params head a function giving only its masks."""
+    if getattr(module, "classification_head", None) is None:
+        return module
+    return lambda x: segmentation_output(module(x))
 
 
 def _prepare_onnx(

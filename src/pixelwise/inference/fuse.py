@@ -20,6 +20,8 @@ import warnings
 import torch
 from torch import nn
 
+from pixelwise.models.base import segmentation_output
+
 FOLD_RTOL = 1e-3
 """Largest difference, relative to the output's magnitude, accepted between folded and original models."""
 
@@ -56,7 +58,7 @@ def _confirmed_by_hooks(model: nn.Module, pairs: list, example: torch.Tensor) ->
         )
     try:
         with torch.inference_mode():
-            reference = model(example)
+            reference = segmentation_output(model(example))
     finally:
         for handle in handles:
             handle.remove()
@@ -127,7 +129,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, inplac
         setattr(parent, bn_name, nn.Identity())
     if reference is not None and undo:
         with torch.inference_mode():
-            output = folded(example)
+            output = segmentation_output(folded(example))
         error = (output.float() - reference.float()).abs().max().item()
         if error > FOLD_RTOL * (1 + reference.float().abs().max().item()):
             warnings.warn(

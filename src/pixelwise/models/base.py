@@ -15,7 +15,8 @@ import inspect
 import json
 import numbers
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from pixelwise.errors import ConfigError, InputSizeError, InputTypeError, closest
 from pixelwise.io import atomic_path, save_weights
-from pixelwise.models.blocks import SegmentationHead, make_activation
+from pixelwise.models.blocks import ClassificationHead, SegmentationHead, make_activation
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, build_encoder
 
 CONFIG_NAME = "config.json"
@@ -246,8 +247,34 @@ class SegmentationModel(nn.Module):
         """Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` (after the output activation)."""
         self.check_input(x)
         height, width = x.shape[-2:]
-        logits = self.forward_padded(pad_to_multiple(x, self.input_multiple))
-        return self.activation(logits[..., :height, :width])
+        output = self.forward_padded(pad_to_multiple(x, self.input_multiple))
+        if isinstance(output, tuple):  # (masks, image labels) of a model with aux_params
+            masks, labels = output
+            return self.activation(masks[..., :height, :width]), labels
+        return self.activation(output[..., :height, :width])
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; with ``strict=False`` entries whose shape differs from the model's
+        (a head for another number of classes, when fine-tuning) are also dropped, with a warning naming them,
+        instead of failing: those layers keep their fresh initialisation (as segmentation_models_pytorch does).
+        """
+        if not strict:
+            own = self.state_dict()
+            mismatched = {
+                key: (tuple(value.shape), tuple(own[key].shape))
+                for key, value in state_dict.items()
+                if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape)
+            }
+            if mismatched:
+                listed = "; ".join(f"{key} {found} → model {wanted}" for key, (found, wanted) in mismatched.items())
+                warnings.warn(
+                    f"{len(mismatched)} weight(s) of another shape were not loaded and keep their initial values "
+                    f"(train the model before using it): {listed}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                state_dict = {key: value for key, value in state_dict.items() if key not in mismatched}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -315,6 +342,10 @@ class EncoderDecoderModel(SegmentationModel):
         activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
         encoder_output_stride: dilate the encoder's last stages so its deepest stride is this (8 or
             16); an encoder that cannot be dilated is used undilated, with a warning.
+        aux_params: adds a classification head on the deepest encoder features
+            (:class:`~pixelwise.models.blocks.ClassificationHead`): a dict with ``classes`` (required),
+            ``pooling`` (``"avg"`` or ``"max"``), ``dropout`` and ``activation``. The model then returns
+            ``(mask, labels)``, ``labels`` ``[N, classes]``, as segmentation_models_pytorch's models do.
     """
 
     head_kernel_size: ClassVar[int | None] = 3
@@ -335,12 +366,14 @@ class EncoderDecoderModel(SegmentationModel):
         classes: int,
         activation: str | Callable | None,
         encoder_output_stride: int | None = None,
+        aux_params: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.in_channels, self.classes = in_channels, classes
         self.encoder = build_encoder(encoder_name, in_channels, encoder_depth, encoder_weights, encoder_output_stride)
         self.input_multiple = 2**encoder_depth
         self.decoder = decoder(self.encoder)
+        self.classification_head = _classification_head(aux_params, self.encoder.out_channels[-1])
         self.head = None
         if self.head_kernel_size is not None:
             self.head = SegmentationHead(
@@ -353,8 +386,12 @@ class EncoderDecoderModel(SegmentationModel):
         if encoder_freeze:
             self.freeze_encoder()
 
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder(x)
+        masks = self.head(self.decoder(features))
+        if self.classification_head is None:
+            return masks
+        return masks, self.classification_head(features[-1])
 
     # -- encoder freezing --------------------------------------------------------------------
     encoder_frozen: bool = False
@@ -379,3 +416,25 @@ class EncoderDecoderModel(SegmentationModel):
         if self.encoder_frozen:
             self.encoder.eval()
         return self
+
+
+def _classification_head(aux_params: Mapping[str, Any] | None, in_channels: int) -> ClassificationHead | None:
+    """The head ``aux_params`` describes, or None.
+
+    Raises:
+        ConfigError: ``aux_params`` is not a dict with ``classes``, or holds an unknown key.
+    """
+    if aux_params is None:
+        return None
+    keys = ("classes", "pooling", "dropout", "activation")
+    if not isinstance(aux_params, Mapping) or "classes" not in aux_params:
+        raise ConfigError(f"aux_params={aux_params!r} must be a dict with 'classes' (and optionally {keys[1:]}).")
+    unknown = sorted(set(aux_params) - set(keys))
+    if unknown:
+        raise ConfigError(f"aux_params has no option {unknown[0]!r}; valid options: {', '.join(keys)}.")
+    return ClassificationHead(in_channels, **aux_params)
+
+
+def segmentation_output(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The masks of a model's output: the output itself, or the first of ``(masks, labels)`` (aux_params)."""
+    return output[0] if isinstance(output, tuple) else output

@@ -1,8 +1,10 @@
-"""Building blocks shared by several architectures: conv blocks, upsampling, heads, activations."""
+"""Building blocks shared by several architectures: conv blocks, normalisation and attention layers,
+upsampling, segmentation and classification heads, activations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,13 +13,64 @@ from pixelwise.errors import ConfigError, unknown_name
 
 UPSAMPLING_MODES = ("bilinear", "nearest", "transposed", "pixelshuffle")
 ACTIVATIONS = ("identity", "sigmoid", "softmax", "logsoftmax", "tanh")
+NORMS = ("batchnorm", "identity", "layernorm", "instancenorm", "inplace")
+"""Normalisations a decoder convolution takes (segmentation_models_pytorch 0.6's ``decoder_use_norm``)."""
+ATTENTIONS = ("scse",)
+"""Decoder attention types (``decoder_attention_type``); None for none."""
+POOLINGS = ("avg", "max")
+
+NormSpec = bool | str | Mapping[str, Any] | None
+"""A normalisation: True / ``"batchnorm"``, False / None / ``"identity"``, ``"layernorm"``,
+``"instancenorm"``, ``"inplace"``, or a dict ``{"type": name, **options of the layer}``."""
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of an ``[N, C, H, W]`` map (as in ConvNeXt)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def norm_layer(norm: NormSpec, channels: int, option: str = "decoder_use_norm") -> nn.Module:
+    """The normalisation layer ``norm`` names, for ``channels`` channels (see :data:`NormSpec`).
+
+    ``"inplace"`` is InPlace-ABN's BatchNorm followed by the activation: it is computed here as
+    ``BatchNorm2d`` (the activation is the block's ReLU, InPlace-ABN's default leaky ReLU of slope 0),
+    with the same parameters and results, without that package's memory saving. ``"layernorm"``
+    normalises over the channels of each pixel.
+
+    Raises:
+        ConfigError: an unknown name, or a dict without ``"type"`` (names ``option``).
+    """
+    options: dict[str, Any] = {}
+    if norm is True:
+        kind = "batchnorm"
+    elif norm is False or norm is None:
+        kind = "identity"
+    elif isinstance(norm, str):
+        kind = norm.lower()
+    elif isinstance(norm, Mapping) and isinstance(norm.get("type"), str):
+        options = {key: value for key, value in norm.items() if key != "type"}
+        kind = norm["type"].lower()
+    else:
+        raise ConfigError(
+            f"{option}={norm!r} is not a normalisation; give a bool, one of {', '.join(NORMS)}, "
+            'or a dict such as {"type": "batchnorm", "momentum": 0.01}.'
+        )
+    if kind not in NORMS:
+        raise unknown_name(option, kind, NORMS)
+    if kind == "identity":
+        return nn.Identity()
+    layer = {"batchnorm": nn.BatchNorm2d, "inplace": nn.BatchNorm2d, "layernorm": LayerNorm2d}
+    return layer.get(kind, nn.InstanceNorm2d)(channels, **options)
 
 
 class ConvBnAct(nn.Sequential):
-    """``Conv2d → BatchNorm2d → ReLU`` with "same" padding (``padding=0`` gives a valid convolution).
+    """``Conv2d → norm → ReLU`` with "same" padding (``padding=0`` gives a valid convolution).
 
-    With ``use_batchnorm=False`` the convolution gets a bias and no normalisation, which is what
-    branches that see a 1×1 map need: BatchNorm cannot train on one value per channel.
+    ``use_batchnorm`` is a bool (BatchNorm or none) or any :data:`NormSpec`. Without normalisation
+    the convolution gets a bias, which is what branches that see a 1×1 map need: BatchNorm cannot
+    train on one value per channel.
     """
 
     def __init__(
@@ -28,16 +81,18 @@ class ConvBnAct(nn.Sequential):
         stride: int = 1,
         padding: int | None = None,
         dilation: int = 1,
-        use_batchnorm: bool = True,
+        use_batchnorm: NormSpec = True,
         activation: bool = True,
     ) -> None:
         if padding is None:
             padding = dilation * (kernel_size - 1) // 2
+        norm = norm_layer(use_batchnorm, out_channels)
+        bias = isinstance(norm, nn.Identity)
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=not use_batchnorm)
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias)
         ]
-        if use_batchnorm:
-            layers.append(nn.BatchNorm2d(out_channels))
+        if not bias:
+            layers.append(norm)
         if activation:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
@@ -132,6 +187,70 @@ class SegmentationHead(nn.Sequential):
         if upsampling > 1:
             layers.append(nn.Upsample(scale_factor=upsampling, mode="bilinear", align_corners=False))
         super().__init__(*layers)
+
+
+class SCSEAttention(nn.Module):
+    """Concurrent spatial and channel squeeze & excitation (Roy et al. 2018): the map gated per channel
+    (global pooling → bottleneck → sigmoid) plus the map gated per pixel (1×1 conv → sigmoid).
+
+    Shape: ``[N, C, H, W] → [N, C, H, W]``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.channel_gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
+        self.spatial_gate = nn.Sequential(nn.Conv2d(channels, 1, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.channel_gate(x) + x * self.spatial_gate(x)
+
+
+def make_attention(name: str | None, channels: int) -> nn.Module:
+    """The decoder attention ``name`` (``None``: identity; ``"scse"``: :class:`SCSEAttention`).
+
+    Raises:
+        ConfigError: an unknown name (with the closest valid one).
+    """
+    if name is None:
+        return nn.Identity()
+    if name != "scse":
+        raise unknown_name("decoder_attention_type", str(name), ATTENTIONS)
+    return SCSEAttention(channels)
+
+
+class ClassificationHead(nn.Sequential):
+    """Image labels from the deepest encoder features: global pooling → dropout → linear → activation.
+
+    The auxiliary head of ``aux_params`` (as in segmentation_models_pytorch).
+
+    Shape: ``[N, in_channels, h, w] → [N, classes]``.
+
+    Raises:
+        ConfigError: an unknown pooling or activation, a dropout outside [0, 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        classes: int,
+        pooling: str = "avg",
+        dropout: float | None = 0.2,
+        activation: str | Callable | None = None,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise unknown_name("aux_params pooling", str(pooling), POOLINGS)
+        if dropout is not None and not 0 <= dropout < 1:
+            raise ConfigError(f"aux_params dropout={dropout!r} is out of range; give a probability in [0, 1).")
+        pool = nn.AdaptiveAvgPool2d(1) if pooling == "avg" else nn.AdaptiveMaxPool2d(1)
+        drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        super().__init__(pool, nn.Flatten(), drop, nn.Linear(in_channels, classes), make_activation(activation))
 
 
 def make_activation(activation: str | Callable[[torch.Tensor], torch.Tensor] | None) -> nn.Module:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import timm
@@ -180,16 +180,38 @@ def decode_with_skips(
     return x
 
 
+EncoderFactory = Callable[..., nn.Module]
+"""Builds a non-timm encoder: ``factory(name, in_channels, depth, weights, output_stride)`` → a module with
+``name``, ``in_channels``, ``depth``, ``out_channels``, ``reductions``, ``output_stride`` and a ``forward``
+returning the feature list, shallow to deep (what :class:`TimmEncoder` offers decoders)."""
+_ENCODERS: dict[str, EncoderFactory] = {}
+
+
+def register_encoder(*names: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Decorator: build the encoders ``names`` with the decorated factory instead of timm (e.g. the Mix
+    Transformers ``mit_b0`` … ``mit_b5``, which timm lacks)."""
+
+    def register(factory: EncoderFactory) -> EncoderFactory:
+        for name in names:
+            _ENCODERS[name] = factory
+        return factory
+
+    return register
+
+
 def build_encoder(
     name: str, in_channels: int, depth: int, weights: WeightsSpec, output_stride: int | None = None
 ) -> TimmEncoder:
-    """A :class:`TimmEncoder`, dilated to ``output_stride`` when that is given.
+    """A :class:`TimmEncoder` (or a registered encoder, see :func:`register_encoder`), dilated to
+    ``output_stride`` when that is given.
 
     If the encoder cannot be dilated (VGG, ...), warn and build it undilated instead.
 
     Raises:
         ConfigError: the encoder cannot be built at all (unknown name, no feature pyramid, ...).
     """
+    if name in _ENCODERS:
+        return _ENCODERS[name](name, in_channels, depth, weights, output_stride)
     try:
         return TimmEncoder(name, in_channels, depth, weights, output_stride=output_stride)
     except ConfigError:

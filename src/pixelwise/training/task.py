@@ -19,6 +19,7 @@ from pixelwise.errors import ConfigError
 from pixelwise.losses import get_loss
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
+from pixelwise.models.base import segmentation_output
 from pixelwise.models.geometry import center_crop, forward_mirrored, uses_valid_convolution
 from pixelwise.models.registry import takes_encoder
 from pixelwise.training.config import TrainConfig
@@ -119,7 +120,8 @@ class SegmentationTask(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, C, H, W]`` images in [0, 1] → ``[N, K, H, W]`` logits."""
-        return self.model(((images - self.mean) / self.std).contiguous(memory_format=self.memory_format))
+        x = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        return segmentation_output(self.model(x))  # the masks; an aux_params head's labels are not trained here
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         mask, weight_map = batch["mask"], batch.get("weight_map")
