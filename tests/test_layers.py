@@ -1,6 +1,6 @@
 """The data path runs one way: a module may import its own layer and the layers below it, never one above.
 
-Layers, lowest first (DESIGN.md): errors/modes/io → data → models → losses/metrics → bundle → training →
+Layers, lowest first (DESIGN.md): errors/modes/io → data → models → losses/metrics → bundle → convert → training →
 inference → instances → evaluation/report → cli. ``viz`` is a leaf that any layer may use; it may itself
 import only the two lowest layers. Every ``import`` counts, at module level and inside functions alike:
 an import inside a function is no way around the order.
@@ -25,6 +25,7 @@ LAYERS = [
     ("models",),
     ("losses", "metrics"),
     ("bundle",),
+    ("convert",),
     ("training",),
     ("inference",),
     ("instances",),

@@ -7,7 +7,8 @@ import torch
 import pixelwise
 from pixelwise.models import create_model, list_models
 
-ENCODER_ARCHS = [a for a in list_models() if a != "unet2015"]
+# DPT takes only plain ViTs (tests/test_arch_dpt.py, tests/test_architecture_matrix.py); UNet2015 has no encoder
+ENCODER_ARCHS = [a for a in list_models() if a not in ("unet2015", "dpt")]
 # Two encoders for every architecture (a ResNet and an EfficientNet), plus each architecture's
 # paper encoder where that is a third family.
 ENCODERS = {arch: ["resnet18", "efficientnet_b0"] for arch in ENCODER_ARCHS}

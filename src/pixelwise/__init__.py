@@ -7,6 +7,7 @@ class scores for any H and W. ``pixelwise.Predictor`` predicts images of any siz
 
 from pixelwise import losses, metrics
 from pixelwise._version import __version__
+from pixelwise.convert import from_smp
 from pixelwise.errors import (
     ConfigError,
     DataError,
@@ -32,6 +33,7 @@ __all__ = [
     "ShapeError",
     "WeightsError",
     "__version__",
+    "from_smp",
     "losses",
     "metrics",
     *_models_all,

@@ -30,6 +30,7 @@ COMMANDS = (
     "evaluate",
     "predict",
     "export",
+    "convert",
     "demo",
 )
 """The command modules of this package, in the order ``pixelwise --help`` lists them."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import numbers
 import os
 import warnings
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +29,7 @@ from torch import nn
 from pixelwise.errors import ConfigError, InputSizeError, InputTypeError, closest
 from pixelwise.io import atomic_path, save_weights
 from pixelwise.models.blocks import ClassificationHead, SegmentationHead, make_activation
+from pixelwise.models.encoder_names import resolve_encoder_name
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, build_encoder
 
 CONFIG_NAME = "config.json"
@@ -144,18 +147,122 @@ def _check_options(model: str, signature: inspect.Signature, arguments: dict[str
             raise ConfigError(f"{model}: {name}={value!r} is not valid; give {allowed}.")
 
 
+KERAS_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "backbone_name": (("encoder_name",), {}),
+    "decoder_filters": (("decoder_channels",), {}),
+    "decoder_block_type": (
+        ("decoder_upsampling", "decoder_interpolation"),
+        {"upsampling": "nearest", "transpose": "transposed"},
+    ),
+    "pyramid_block_filters": (("decoder_pyramid_channels",), {}),
+    "pyramid_dropout": (("decoder_dropout",), {}),
+    "pyramid_aggregation": (("decoder_merge_policy",), {"sum": "add", "concat": "cat"}),
+}
+"""Keras segmentation_models option → (the pixelwise options it may stand for, the first an architecture has
+wins; translation of its values). ``input_shape`` is handled apart (see :func:`_keras_options`)."""
+
+ENCODER_KWARGS = "encoder_kwargs"
+"""The ``model.config`` entry holding the keyword arguments passed on to the timm encoder."""
+
+
+def _keras_options(model: str, parameters: Mapping[str, inspect.Parameter], kwargs: dict[str, Any]) -> None:
+    """Rename Keras segmentation_models options in ``kwargs`` to pixelwise's, in place.
+
+    ``input_shape=(H, W, C)`` sets ``in_channels=C``; H and W are not needed (any size works), and a
+    warning says so when they are given.
+
+    Raises:
+        ConfigError: an option is given in both spellings with different values.
+    """
+    renamed: dict[str, Any] = {}
+    for key in [k for k in kwargs if k not in parameters and k in KERAS_OPTIONS]:
+        targets, values = KERAS_OPTIONS[key]
+        target = next((t for t in targets if t in parameters), None)
+        if target is not None:
+            value = kwargs.pop(key)
+            renamed[target] = values.get(value, value) if isinstance(value, str) else value
+    if "input_shape" in kwargs and "input_shape" not in parameters and "in_channels" in parameters:
+        shape = kwargs.pop("input_shape")
+        if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+            raise ConfigError(f"{model}: input_shape={shape!r} must be (height, width, channels): (None, None, 3).")
+        if shape[2] is not None:
+            renamed["in_channels"] = shape[2]
+        if shape[0] is not None or shape[1] is not None:
+            warnings.warn(
+                f"{model}: input_shape's height and width {tuple(shape[:2])} are not needed: pixelwise models take "
+                "any height and width (only the channels are used).",
+                UserWarning,
+                stacklevel=4,
+            )
+    for key, value in renamed.items():
+        if key in kwargs and kwargs[key] != value:
+            raise ConfigError(f"{model}: {key}={kwargs[key]!r} contradicts its Keras spelling ({value!r}); give one.")
+        kwargs[key] = value
+
+
+def _timm_accepts(encoder_name: Any, key: str, value: Any) -> bool:
+    """Whether timm's constructor of ``encoder_name`` takes the keyword ``key`` (tried on the meta device)."""
+    if not isinstance(encoder_name, str):
+        return False
+    name = resolve_encoder_name(encoder_name)
+    if not timm.is_model(name):
+        return False
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, features_only=True, pretrained=False, **{key: value})
+    except TypeError as error:
+        return "unexpected keyword" not in str(error)
+    except (RuntimeError, AssertionError, ValueError, NotImplementedError, AttributeError, KeyError):
+        return True  # the model takes the keyword but not this value: building it says why
+    return True
+
+
+def _encoder_kwargs(model: str, signature: inspect.Signature, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take from ``kwargs`` (in place) the keywords that are not constructor options but that the timm
+    encoder's constructor accepts (``drop_path_rate``, ``img_size``, ...), and ``encoder_kwargs`` itself.
+
+    Raises:
+        ConfigError: ``encoder_kwargs`` is not a dict.
+    """
+    if "encoder_name" not in signature.parameters:
+        return {}
+    encoder_kwargs = kwargs.pop(ENCODER_KWARGS, None) or {}
+    if not isinstance(encoder_kwargs, Mapping):
+        raise ConfigError(f"{model}: {ENCODER_KWARGS}={encoder_kwargs!r} must be a dict of timm options.")
+    encoder_kwargs = dict(encoder_kwargs)
+    unknown = [k for k in kwargs if k not in signature.parameters]
+    if unknown:
+        known = {k: v for k, v in kwargs.items() if k in signature.parameters}
+        bound = signature.bind_partial(*args, **known).arguments
+        encoder_name = bound.get("encoder_name", signature.parameters["encoder_name"].default)
+        for key in unknown:
+            if _timm_accepts(encoder_name, key, kwargs[key]):
+                encoder_kwargs[key] = kwargs.pop(key)
+    return encoder_kwargs
+
+
 def _record_config(init):
     """Wrap an ``__init__`` so the outermost call stores its arguments as ``model.config``.
 
     Subclasses that inherit ``__init__`` (``FCN8s`` from a shared FCN base) are covered by the
-    parent's wrapper. Unknown keyword arguments are answered with the closest valid option names;
-    values of the wrong type, and impossible counts (``classes=0``), with a ConfigError naming them.
+    parent's wrapper. Keras segmentation_models spellings (``backbone_name=``, ``input_shape=``, see
+    :data:`KERAS_OPTIONS`) are renamed; keywords that are no option of the architecture but that its
+    timm encoder accepts (``drop_path_rate=0.1``, ``img_size=512``) go to the encoder and are recorded as
+    ``config["encoder_kwargs"]``. Other unknown keyword arguments are answered with the closest valid
+    option names; values of the wrong type, and impossible counts (``classes=0``), with a ConfigError
+    naming them.
     """
     signature = inspect.signature(init)
     options = [p for p in signature.parameters if p != "self"]
 
     @functools.wraps(init)
     def wrapper(self, *args, **kwargs):
+        model = type(self).__name__
+        outermost = "_config" not in self.__dict__
+        encoder_kwargs: dict[str, Any] = {}
+        if outermost:
+            _keras_options(model, signature.parameters, kwargs)
+            encoder_kwargs = _encoder_kwargs(model, signature, (self, *args), kwargs)
         try:
             bound = signature.bind(self, *args, **kwargs)
         except TypeError as error:
@@ -163,12 +270,12 @@ def _record_config(init):
             valid = f"Valid options: {', '.join(options)}."
             if unknown:
                 hints = "; ".join(_option_hint(name, options) for name in unknown)
-                raise ConfigError(f"{type(self).__name__} has no option {hints}. {valid}") from None
-            raise ConfigError(f"{type(self).__name__}: {error}. {valid}") from None
-        outermost = "_config" not in self.__dict__
+                raise ConfigError(f"{model} has no option {hints}. {valid}") from None
+            raise ConfigError(f"{model}: {error}. {valid}") from None
         if outermost:
-            _check_options(type(self).__name__, signature, {k: v for k, v in bound.arguments.items() if k != "self"})
+            _check_options(model, signature, {k: v for k, v in bound.arguments.items() if k != "self"})
             self.__dict__["_config"] = None
+            self.__dict__["_encoder_kwargs"] = encoder_kwargs  # read by EncoderDecoderModel.__init__
         init(self, *args, **kwargs)
         if outermost:
             bound.apply_defaults()
@@ -177,6 +284,8 @@ def _record_config(init):
             for name, parameter in signature.parameters.items():
                 if parameter.kind is inspect.Parameter.VAR_KEYWORD:
                     arguments.update(arguments.pop(name))
+            if encoder_kwargs:
+                arguments[ENCODER_KWARGS] = encoder_kwargs
             self.__dict__["_config"] = arguments
 
     return wrapper
@@ -319,7 +428,8 @@ class EncoderDecoderModel(SegmentationModel):
     """Base of the encoder-based architectures: timm encoder → decoder → head → activation.
 
     It builds the encoder, pads inputs to ``2**encoder_depth`` (``input_multiple``: the deepest
-    stride of the undilated encoder, kept when the encoder is dilated),
+    stride of the undilated encoder, kept when the encoder is dilated; larger where the encoder needs
+    it, e.g. stride × attention window for MaxViT),
     builds the decoder with the architecture's ``decoder`` factory, the head (a convolution to
     ``classes`` channels, upsampled by the decoder's ``output_stride``) and the output activation,
     and freezes the encoder if asked. An architecture's constructor keeps its own signature (its
@@ -329,9 +439,15 @@ class EncoderDecoderModel(SegmentationModel):
         decoder: builds the architecture's decoder from the encoder. The decoder maps the encoder's
             features (shallow to deep) to one map with ``out_channels`` channels at stride
             ``output_stride`` (attributes; 1 when absent), which the head turns into class scores.
-        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``);
-            an ``smp``-style ``"tu-"`` prefix is accepted. Positional first, as in the Keras
-            segmentation_models spelling (``Unet("resnet34")``).
+        encoder_name: any timm model with feature_info (e.g. ``"resnet34"``, ``"convnext_tiny"``,
+            ``"swin_tiny_patch4_window7_224"``); an ``smp``-style ``"tu-"`` prefix, SMP's encoder names
+            (``"efficientnet-b0"``, ``"se_resnext50_32x4d"``) and Keras segmentation_models' backbone names
+            (``"efficientnetb0"``, ``"seresnet18"``) are accepted (:mod:`pixelwise.models.encoder_names`).
+            Positional first, as in the Keras spelling (``Unet("resnet34")``; ``backbone_name=`` works too).
+            Transformers take any input size: plain ViTs (one stride) get a feature pyramid at strides 4 … 32
+            (:class:`~pixelwise.models.encoders.SimplePyramid`), windowed ones (MaxViT) pad to a multiple of
+            their window, fixed-size ones (CoAtNet, Hiera) run on tiles of their size (see
+            :class:`~pixelwise.models.encoders.TimmEncoder`).
         encoder_depth: number of stride-2 stages used; the input is padded to the encoder's deepest
             stride (``2**depth`` for an undilated encoder).
         encoder_weights: ``None``, ``"imagenet"``, or a local ``.safetensors``/``.pth`` path.
@@ -346,11 +462,21 @@ class EncoderDecoderModel(SegmentationModel):
             (:class:`~pixelwise.models.blocks.ClassificationHead`): a dict with ``classes`` (required),
             ``pooling`` (``"avg"`` or ``"max"``), ``dropout`` and ``activation``. The model then returns
             ``(mask, labels)``, ``labels`` ``[N, classes]``, as segmentation_models_pytorch's models do.
+        encoder_kwargs: keyword arguments for ``timm.create_model`` (``drop_path_rate``, ``img_size``, ...).
+            Architectures receive them as extra keywords (``Unet("convnext_tiny", drop_path_rate=0.1)``), which
+            the config-recording wrapper sets aside and records as ``config["encoder_kwargs"]``.
+        head_upsampling: the head's bilinear upsampling factor; None (default): the decoder's
+            ``output_stride``, which brings the scores back to the input size.
+        head_align_corners: whether the head's upsampling aligns corners, for architectures where it is an
+            option (DeepLabV3+); None (default): the class's :attr:`head_align_corners`.
     """
 
     head_kernel_size: ClassVar[int | None] = 3
     """Kernel size of the head's convolution; ``None`` for no head (the decoder already outputs the
     class scores, and :meth:`forward_padded` is overridden)."""
+    head_align_corners: ClassVar[bool] = False
+    """Whether the head's bilinear upsampling aligns corners: True where segmentation_models_pytorch's head
+    upsamples (its heads align corners), so that converted SMP checkpoints give SMP's outputs."""
     encoder: TimmEncoder
     decoder: nn.Module
     head: nn.Module | None
@@ -367,21 +493,33 @@ class EncoderDecoderModel(SegmentationModel):
         activation: str | Callable | None,
         encoder_output_stride: int | None = None,
         aux_params: Mapping[str, Any] | None = None,
+        encoder_kwargs: Mapping[str, Any] | None = None,
+        head_upsampling: int | None = None,
+        head_align_corners: bool | None = None,
     ) -> None:
+        # keywords the config-recording wrapper set aside for the encoder (see _record_config)
+        encoder_kwargs = {**self.__dict__.pop("_encoder_kwargs", {}), **(encoder_kwargs or {})}
         super().__init__()
         self.in_channels, self.classes = in_channels, classes
-        self.encoder = build_encoder(encoder_name, in_channels, encoder_depth, encoder_weights, encoder_output_stride)
-        self.input_multiple = 2**encoder_depth
+        self.encoder = build_encoder(
+            encoder_name, in_channels, encoder_depth, encoder_weights, encoder_output_stride, encoder_kwargs
+        )
+        # windowed transformers may need more than the deepest stride (MaxViT: stride × window)
+        self.input_multiple = math.lcm(2**encoder_depth, getattr(self.encoder, "input_multiple", 1))
         self.decoder = decoder(self.encoder)
-        self.classification_head = _classification_head(aux_params, self.encoder.out_channels[-1])
+        # the segmentation head before the classification head: SMP's order, so state dicts line up
         self.head = None
+        if head_upsampling is None:
+            head_upsampling = getattr(self.decoder, "output_stride", 1)
         if self.head_kernel_size is not None:
             self.head = SegmentationHead(
                 self.decoder.out_channels,
                 classes,
                 kernel_size=self.head_kernel_size,
-                upsampling=getattr(self.decoder, "output_stride", 1),
+                upsampling=head_upsampling,
+                align_corners=self.head_align_corners if head_align_corners is None else head_align_corners,
             )
+        self.classification_head = _classification_head(aux_params, self.encoder.out_channels[-1])
         self.activation = make_activation(activation)
         if encoder_freeze:
             self.freeze_encoder()

@@ -3,15 +3,20 @@ upsampling, segmentation and classification heads, activations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.errors import ConfigError, unknown_name
 
 UPSAMPLING_MODES = ("bilinear", "nearest", "transposed", "pixelshuffle")
+INTERPOLATION_MODES = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
+"""segmentation_models_pytorch 0.6's ``decoder_interpolation`` modes (``F.interpolate`` modes, no weights)."""
+DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+"""The decoder channels of the U-Net family, deep to shallow, cut to ``encoder_depth`` entries."""
 ACTIVATIONS = ("identity", "sigmoid", "softmax", "logsoftmax", "tanh")
 NORMS = ("batchnorm", "identity", "layernorm", "instancenorm", "inplace")
 """Normalisations a decoder convolution takes (segmentation_models_pytorch 0.6's ``decoder_use_norm``)."""
@@ -63,6 +68,128 @@ def norm_layer(norm: NormSpec, channels: int, option: str = "decoder_use_norm") 
         return nn.Identity()
     layer = {"batchnorm": nn.BatchNorm2d, "inplace": nn.BatchNorm2d, "layernorm": LayerNorm2d}
     return layer.get(kind, nn.InstanceNorm2d)(channels, **options)
+
+
+NORM_DEFAULTS: dict[str, NormSpec] = {"use_norm": "batchnorm", "use_batchnorm": True}
+
+
+def resolve_norm(
+    use_norm: NormSpec,
+    use_batchnorm: bool | None,
+    *,
+    defaulted: Literal["use_norm", "use_batchnorm"],
+    alias: str = "decoder_use_batchnorm",
+) -> NormSpec:
+    """The decoder normalisation from SMP 0.6's ``decoder_use_norm`` and its older bool alias ``alias``.
+
+    Two signatures carry the pair. SMP's (U-Net++, MAnet): ``decoder_use_norm="batchnorm"`` and the alias
+    ``None``; pixelwise's older one (Unet, Linknet, PSPNet): the alias ``True`` and ``decoder_use_norm=None``.
+    ``defaulted`` names the option with a real default (``"use_norm"`` or ``"use_batchnorm"``); the other
+    one is None when not given, and when given it wins. Both given and meaning different normalisations
+    (True: BatchNorm, False: none) is a contradiction, unless the defaulted one is left at its default.
+
+    Args:
+        use_norm: ``decoder_use_norm``, any :data:`NormSpec`.
+        use_batchnorm: the bool alias, or None.
+        defaulted: which of the two has a real default.
+        alias: the alias's name in the model's signature, for error messages.
+
+    Raises:
+        ConfigError: an unknown normalisation, a non-bool alias, or the contradiction above.
+
+    Example:
+        >>> resolve_norm("batchnorm", False, defaulted="use_norm")
+        False
+    """
+    norm_layer(use_norm, 1)  # validate the name before the encoder is built
+    if use_batchnorm is not None and not isinstance(use_batchnorm, bool):
+        raise ConfigError(
+            f"{alias}={use_batchnorm!r} must be True or False; for other normalisations use decoder_use_norm."
+        )
+    values = {"use_norm": use_norm, "use_batchnorm": use_batchnorm}
+    given = "use_batchnorm" if defaulted == "use_norm" else "use_norm"
+    if values[given] is None:
+        return values[defaulted]
+    changed = values[defaulted] != NORM_DEFAULTS[defaulted]
+    if changed and _norm_kind(use_norm) != _norm_kind(use_batchnorm):
+        raise ConfigError(
+            f"{alias}={use_batchnorm} contradicts decoder_use_norm={use_norm!r}; give only decoder_use_norm "
+            f"({alias} is its older bool alias; decoder_use_norm='identity' for no normalisation)."
+        )
+    return values[given]
+
+
+def _norm_kind(norm: NormSpec) -> str:
+    """The normalisation's name: ``"batchnorm"`` for True, ``"identity"`` for False/None, else its name."""
+    if norm is True:
+        return "batchnorm"
+    if norm is False or norm is None:
+        return "identity"
+    return (norm if isinstance(norm, str) else str(norm["type"])).lower()
+
+
+class PooledBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d for branches after global pooling, which see one value per channel and sample.
+
+    With a single value per channel in train mode (batch size 1 on a 1×1 map), where ``nn.BatchNorm2d``
+    raises, it normalises with its running statistics and leaves them unchanged, as in eval mode: one value
+    has no batch statistics. Otherwise it is ``nn.BatchNorm2d``, with the same parameters and buffers, so
+    segmentation_models_pytorch's weights load into it and give its outputs.
+
+    Shape: ``[N, C, H, W] → [N, C, H, W]``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.track_running_stats and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+class PooledInstanceNorm2d(nn.InstanceNorm2d):
+    """InstanceNorm2d that also takes 1×1 maps (where ``nn.InstanceNorm2d`` raises): a single value per channel
+    normalises to 0, so the output is the affine bias (0 without ``affine``).
+
+    Shape: ``[N, C, H, W] → [N, C, H, W]``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] * x.shape[3] != 1:
+            return super().forward(x)
+        centred = x - x  # (x - mean) of one value, keeping the graph
+        if self.affine:
+            return centred * self.weight[:, None, None] + self.bias[:, None, None]
+        return centred
+
+
+def pooled(block: nn.Module) -> nn.Module:
+    """``block`` with each of its direct ``nn.BatchNorm2d`` / ``nn.InstanceNorm2d`` layers replaced by a
+    :class:`PooledBatchNorm2d` / :class:`PooledInstanceNorm2d` of the same configuration, for a block that
+    runs on globally pooled (1×1) maps."""
+    for name, layer in block.named_children():
+        if type(layer) is nn.BatchNorm2d:
+            setattr(block, name, PooledBatchNorm2d(layer.num_features, layer.eps, layer.momentum, layer.affine))
+        elif type(layer) is nn.InstanceNorm2d:
+            safe = PooledInstanceNorm2d(
+                layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats
+            )
+            setattr(block, name, safe)
+    return block
+
+
+def decoder_channels_for(decoder_channels: Sequence[int], depth: int) -> list[int]:
+    """``decoder_channels`` checked against ``depth``; :data:`DEFAULT_DECODER_CHANNELS` is cut to ``depth``.
+
+    Raises:
+        ConfigError: a list of another length than ``depth``.
+    """
+    if tuple(decoder_channels) == DEFAULT_DECODER_CHANNELS:
+        decoder_channels = DEFAULT_DECODER_CHANNELS[:depth]
+    if len(decoder_channels) != depth:
+        raise ConfigError(
+            f"decoder_channels={list(decoder_channels)} has {len(decoder_channels)} entries but "
+            f"encoder_depth={depth}; give one per decoder stage, e.g. {list(DEFAULT_DECODER_CHANNELS[:depth])}."
+        )
+    return list(decoder_channels)
 
 
 class ConvBnAct(nn.Sequential):
@@ -177,16 +304,36 @@ def make_upsample(mode: str, channels: int, factor: int = 2) -> nn.Module:
 
 
 class SegmentationHead(nn.Sequential):
-    """A convolution from decoder channels to class scores (logits), optionally upsampled.
+    """A convolution from decoder channels to class scores (logits), optionally upsampled (bilinear).
+
+    ``align_corners=True`` is segmentation_models_pytorch's head interpolation: the architectures whose
+    SMP checkpoints convert to ours use it, so that those weights give SMP's outputs.
 
     Shape: ``[N, in_channels, h, w] → [N, classes, upsampling·h, upsampling·w]``.
     """
 
-    def __init__(self, in_channels: int, classes: int, kernel_size: int = 3, upsampling: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, classes: int, kernel_size: int = 3, upsampling: int = 1, align_corners: bool = False
+    ) -> None:
         layers: list[nn.Module] = [nn.Conv2d(in_channels, classes, kernel_size, padding=kernel_size // 2)]
         if upsampling > 1:
-            layers.append(nn.Upsample(scale_factor=upsampling, mode="bilinear", align_corners=False))
+            layers.append(nn.Upsample(scale_factor=upsampling, mode="bilinear", align_corners=align_corners))
         super().__init__(*layers)
+
+
+def check_head_upsampling(model: str, upsampling: int | None, output_stride: int) -> None:
+    """Accept ``upsampling`` (segmentation_models_pytorch's head upsampling factor) only where it brings the
+    decoder's output back to the input size, which pixelwise models always return.
+
+    Raises:
+        ConfigError: ``upsampling`` is not None and differs from the decoder's ``output_stride``.
+    """
+    if upsampling is not None and upsampling != output_stride:
+        raise ConfigError(
+            f"{model}: upsampling={upsampling} would not bring the decoder's stride-{output_stride} output back "
+            f"to the input size; pixelwise models always return the input size: use upsampling={output_stride} "
+            "or leave it out (None)."
+        )
 
 
 class SCSEAttention(nn.Module):

@@ -78,16 +78,30 @@ def takes_encoder(arch: str) -> bool:
     return "encoder_name" in model_options(arch)
 
 
-def create_model(arch: str, **options: Any) -> SegmentationModel:
-    """Build the architecture ``arch`` with ``options`` (its constructor arguments).
+def create_model(arch: str, encoder_name: str | None = None, **options: Any) -> SegmentationModel:
+    """Build the architecture ``arch`` with ``options`` (its constructor arguments), as
+    segmentation_models_pytorch's ``create_model``: the encoder may come second, positionally.
+
+    Args:
+        arch: a registered architecture name (case, ``-`` and ``_`` do not matter).
+        encoder_name: the encoder (timm, SMP or Keras spelling); ``None`` keeps the architecture's default
+            (``"resnet34"`` for most).
+        **options: the architecture's constructor options; keywords that are none of them but that the timm
+            encoder accepts (``drop_path_rate``, ``img_size``, ...) go to the encoder.
 
     Example:
-        >>> model = create_model("unet", encoder_name="resnet34", classes=3)
+        >>> model = create_model("unet", "resnet34", classes=3)
 
     Raises:
-        ConfigError: unknown architecture or option (the message lists the closest names).
+        ConfigError: unknown architecture or option (the message lists the closest names), or an encoder
+            for an architecture that takes none.
     """
-    return get_model_class(arch)(**options)
+    cls = get_model_class(arch)
+    if encoder_name is not None:
+        if "encoder_name" not in model_options(arch):
+            raise ConfigError(f"architecture {cls.arch_name!r} takes no encoder; leave out {encoder_name!r}.")
+        options["encoder_name"] = encoder_name
+    return cls(**options)
 
 
 def from_pretrained(directory: str | os.PathLike) -> SegmentationModel:
@@ -108,12 +122,44 @@ def from_pretrained(directory: str | os.PathLike) -> SegmentationModel:
             "(save one with model.save_pretrained(directory))."
         )
     arch, options = read_config(config_path)
+    check_layout_version(arch, read_json_object(config_path, "").get("pixelwise_version"), config_path)
     try:
         model = create_model(arch, **options)
     except ConfigError as error:
         raise WeightsError(f"{str(config_path)!r} describes a model pixelwise cannot build: {error}") from error
     load_state(model, load_weights(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME, CONFIG_NAME)
     return model
+
+
+LAYOUT_CHANGED = {"fpn": (0, 2, 0), "linknet": (0, 2, 0), "pspnet": (0, 2, 0)}
+"""Architectures whose layers changed, and the release that changed them: 0.2.0 gave FPN, Linknet and PSPNet
+segmentation_models_pytorch 0.6's exact structure (its head kernels, biases, concatenation order and
+corner-aligned upsampling), so their checkpoints convert exactly; weights saved before give other outputs."""
+
+
+def check_layout_version(arch: str, version: Any, config_path: Path) -> None:
+    """Refuse a folder saved by a pixelwise release older than the last change of ``arch``'s layers.
+
+    Such weights may even load, into layers that now compute something else: the outputs would be silently
+    wrong.
+
+    Raises:
+        WeightsError: names the release that saved the folder, the one that changed the architecture, and
+            what to do.
+    """
+    changed = LAYOUT_CHANGED.get(_key(arch))
+    try:
+        saved = tuple(int(part) for part in str(version).split(".")[:3])
+    except ValueError:
+        return  # not a release number (a development build): nothing to compare
+    if changed is None or version is None or saved >= changed:
+        return
+    release = ".".join(map(str, changed))
+    raise WeightsError(
+        f"{str(config_path)!r} was saved by pixelwise {version}, but pixelwise {release} changed the layers of "
+        f"{arch!r} to segmentation_models_pytorch's exact structure, so these weights would give other outputs. "
+        f"Use pixelwise {version} with it (pip install pixelwise=={version}), or train the model again."
+    )
 
 
 def read_config(config_path: Path) -> tuple[str, dict[str, Any]]:

@@ -3,32 +3,92 @@ encoder, skip connections by concatenation, and a choice of upsampling."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, unknown_name
 from pixelwise.models.base import EncoderDecoderModel
-from pixelwise.models.blocks import ConvBnAct, make_upsample
+from pixelwise.models.blocks import (
+    DEFAULT_DECODER_CHANNELS,
+    INTERPOLATION_MODES,
+    UPSAMPLING_MODES,
+    ConvBnAct,
+    NormSpec,
+    make_attention,
+    make_upsample,
+    resolve_norm,
+)
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, decode_with_skips, decoder_strides
 from pixelwise.models.registry import register_model
 
 
-class UnetDecoderBlock(nn.Module):
-    """Upsample ×2, concatenate the skip feature (if any), then two 3×3 ConvBnAct."""
+def resolve_upsampling(upsampling: str, interpolation: str | None) -> str:
+    """The Unet decoder's upsampling from pixelwise's ``decoder_upsampling`` and SMP 0.6's ``decoder_interpolation``.
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, upsampling: str, use_batchnorm: bool):
+    ``interpolation=None`` means "not given". A given ``interpolation`` wins over ``upsampling``'s
+    default (``"nearest"``); both given and different is a contradiction.
+
+    Raises:
+        ConfigError: an unknown mode, or the contradiction above.
+    """
+    if interpolation is None:
+        upsample_layer(upsampling, 1)  # check the name before building the encoder
+        return upsampling
+    if interpolation not in INTERPOLATION_MODES:
+        raise unknown_name("decoder_interpolation", str(interpolation), INTERPOLATION_MODES)
+    if upsampling not in ("nearest", interpolation):
+        raise ConfigError(
+            f"decoder_upsampling={upsampling!r} contradicts decoder_interpolation={interpolation!r}; give one of them."
+        )
+    return interpolation
+
+
+def upsample_layer(mode: str, channels: int) -> nn.Module:
+    """×2 upsampling: any ``F.interpolate`` mode of :data:`INTERPOLATION_MODES` (no weights, as SMP's
+    ``decoder_interpolation``), or a learnable ``"transposed"`` / ``"pixelshuffle"`` layer."""
+    if mode in INTERPOLATION_MODES:
+        # align_corners stays None (False for bilinear/bicubic), as F.interpolate's default in SMP.
+        return nn.Upsample(scale_factor=2, mode=mode)
+    if mode in UPSAMPLING_MODES:
+        return make_upsample(mode, channels)
+    hint = "max-unpooling needs pooling indices: use the SegNet architecture." if mode == "unpool" else ""
+    raise unknown_name("decoder_upsampling", str(mode), (*UPSAMPLING_MODES, *INTERPOLATION_MODES[2:]), hint)
+
+
+class UnetDecoderBlock(nn.Module):
+    """Upsample ×2, concatenate the skip feature (if any) and gate it with ``attention``, then two
+    3×3 ConvBnAct and ``attention`` again.
+
+    The first attention is built even for a block without skip, where it is unused: SMP does so,
+    and the parameters must match its checkpoints.
+
+    Shape: ``x [N, in, h, w]``, ``skip [N, skip, 2h, 2w]`` → ``[N, out, 2h, 2w]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        upsampling: str,
+        use_batchnorm: NormSpec,
+        attention: str | None = None,
+    ):
         super().__init__()
-        self.upsample = make_upsample(upsampling, in_channels)
+        self.upsample = upsample_layer(upsampling, in_channels)
         self.conv1 = ConvBnAct(in_channels + skip_channels, out_channels, use_batchnorm=use_batchnorm)
+        self.attention1 = make_attention(attention, in_channels + skip_channels)
         self.conv2 = ConvBnAct(out_channels, out_channels, use_batchnorm=use_batchnorm)
+        self.attention2 = make_attention(attention, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         x = self.upsample(x)
         if skip is not None:
-            x = torch.cat([x, skip], dim=1)
-        return self.conv2(self.conv1(x))
+            x = self.attention1(torch.cat([x, skip], dim=1))
+        return self.attention2(self.conv2(self.conv1(x)))
 
 
 class UnetDecoder(nn.Module):
@@ -36,6 +96,8 @@ class UnetDecoder(nn.Module):
 
     The block that arrives at stride ``s`` concatenates the encoder feature of stride ``s`` when
     the encoder has one (e.g. ConvNeXt has none at stride 2, VGG has one at stride 1).
+
+    Shape: features shallow to deep → ``[N, decoder_channels[-1], H, W]`` (stride 1).
     """
 
     def __init__(
@@ -45,7 +107,8 @@ class UnetDecoder(nn.Module):
         depth: int,
         decoder_channels: Sequence[int],
         upsampling: str,
-        use_batchnorm: bool,
+        use_batchnorm: NormSpec,
+        attention: str | None = None,
     ):
         super().__init__()
         if len(decoder_channels) != depth:
@@ -59,7 +122,7 @@ class UnetDecoder(nn.Module):
         in_channels = [feature_channels[-1], *decoder_channels[:-1]]
         skip_channels = [channels_at(feature_channels, feature_reductions, r) for r in self.skip_reductions]
         self.blocks = nn.ModuleList(
-            UnetDecoderBlock(i, s, o, upsampling, use_batchnorm)
+            UnetDecoderBlock(i, s, o, upsampling, use_batchnorm, attention)
             for i, s, o in zip(in_channels, skip_channels, decoder_channels, strict=True)
         )
 
@@ -71,23 +134,43 @@ class UnetDecoder(nn.Module):
 class Unet(EncoderDecoderModel):
     """U-Net: encoder → U-Net decoder (upsample, concatenate skip, two convs) → 3×3 conv head.
 
+    The defaults build segmentation_models_pytorch 0.6's ``Unet`` exactly (same layers, parameters and
+    order of operations; VGG encoders excepted: SMP adds a centre block for them, pixelwise uses VGG's
+    stride-1 feature as a skip instead).
+
     Args:
         decoder_channels: output channels of each decoder stage, deepest first, one per stage;
             default ``(256, 128, 64, 32, 16)`` cut to ``encoder_depth`` entries.
-        decoder_upsampling: ``"bilinear"``, ``"nearest"``, ``"transposed"`` or ``"pixelshuffle"``.
-        decoder_use_batchnorm: BatchNorm in the decoder's convolutions.
+        decoder_upsampling: ``"nearest"``, ``"bilinear"``, ``"bicubic"``, ``"area"``, ``"nearest-exact"``
+            (interpolation), or the learnable ``"transposed"`` or ``"pixelshuffle"``.
+        decoder_use_batchnorm: BatchNorm in the decoder's convolutions (the bool form of ``decoder_use_norm``).
         decoder_full_resolution_channels: channels of a small stem (two 3×3 ConvBnAct) run on the
             input at full resolution and concatenated in the last decoder block; 0 (default, as in
             segmentation_models_pytorch) for none. Encoders such as ResNet or EfficientNet have
             no stride-1 feature, so their last ×2 upsampling has no skip and edges come out
             interpolated; thin structures (EM membranes) gain from this stem.
+        decoder_use_norm: SMP 0.6's normalisation option: ``"batchnorm"``, ``"identity"``, ``"layernorm"``,
+            ``"instancenorm"``, ``"inplace"``, a bool, or a dict ``{"type": ..., **options}``. None (default):
+            ``decoder_use_batchnorm`` decides; given, it wins (``decoder_use_batchnorm=False`` with a
+            normalising ``decoder_use_norm`` is a ConfigError).
+        decoder_attention_type: None or ``"scse"``: spatial and channel squeeze & excitation on the
+            concatenated input of each block and on its output (as SMP).
+        decoder_interpolation: SMP 0.6's name for an interpolating ``decoder_upsampling``; None (default):
+            ``decoder_upsampling`` decides; given, it wins over ``decoder_upsampling``'s default
+            (both given and different is a ConfigError).
+        aux_params: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
         encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
             activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
-    Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W.
+    The options SMP also has keep pixelwise's order (``encoder_freeze`` fourth, ``decoder_use_norm``,
+    ``decoder_attention_type`` and ``decoder_interpolation`` after ``activation``): pass them by name.
+
+    Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W (and ``[N, aux classes]``
+    labels with ``aux_params``).
 
     Example:
         >>> model = Unet("resnet34", classes=2, decoder_full_resolution_channels=16)  # thin structures
+        >>> smp_like = Unet("resnet34", classes=2, decoder_attention_type="scse", decoder_use_norm="instancenorm")
     """
 
     def __init__(
@@ -103,9 +186,16 @@ class Unet(EncoderDecoderModel):
         in_channels: int = 3,
         classes: int = 1,
         activation: str | Callable | None = None,
+        decoder_use_norm: NormSpec = None,
+        decoder_attention_type: str | None = None,
+        decoder_interpolation: str | None = None,
+        aux_params: Mapping[str, Any] | None = None,
     ) -> None:
         if decoder_channels is None:
-            decoder_channels = (256, 128, 64, 32, 16)[:encoder_depth]
+            decoder_channels = DEFAULT_DECODER_CHANNELS[:encoder_depth]
+        norm = resolve_norm(decoder_use_norm, decoder_use_batchnorm, defaulted="use_batchnorm")
+        upsampling = resolve_upsampling(decoder_upsampling, decoder_interpolation)
+        make_attention(decoder_attention_type, 1)  # check the name before building the encoder
 
         def decoder(encoder: TimmEncoder) -> UnetDecoder:
             channels, reductions = list(encoder.out_channels), list(encoder.reductions)
@@ -113,20 +203,30 @@ class Unet(EncoderDecoderModel):
             if decoder_full_resolution_channels:
                 stem_channels = decoder_full_resolution_channels
                 self.full_resolution_stem = nn.Sequential(
-                    ConvBnAct(in_channels, stem_channels, use_batchnorm=decoder_use_batchnorm),
-                    ConvBnAct(stem_channels, stem_channels, use_batchnorm=decoder_use_batchnorm),
+                    ConvBnAct(in_channels, stem_channels, use_batchnorm=norm),
+                    ConvBnAct(stem_channels, stem_channels, use_batchnorm=norm),
                 )
                 channels, reductions = [stem_channels, *channels], [1, *reductions]
             return UnetDecoder(
-                channels, reductions, encoder_depth, decoder_channels, decoder_upsampling, decoder_use_batchnorm
+                channels, reductions, encoder_depth, decoder_channels, upsampling, norm, decoder_attention_type
             )
 
         super().__init__(
-            decoder, encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation
+            decoder,
+            encoder_name,
+            encoder_depth,
+            encoder_weights,
+            encoder_freeze,
+            in_channels,
+            classes,
+            activation,
+            aux_params=aux_params,
         )
 
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features = self.encoder(x)
-        if self.full_resolution_stem is not None:
-            features = [self.full_resolution_stem(x), *features]
-        return self.head(self.decoder(features))
+        skips = features if self.full_resolution_stem is None else [self.full_resolution_stem(x), *features]
+        masks = self.head(self.decoder(skips))
+        if self.classification_head is None:
+            return masks
+        return masks, self.classification_head(features[-1])

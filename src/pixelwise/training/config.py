@@ -110,6 +110,11 @@ class TrainConfig:
     """Pretrained encoder weights: a timm tag (needs network) or a local ``.pth``/``.safetensors`` file."""
     model_options: dict[str, Any] = field(default_factory=dict)
     """Extra architecture options, e.g. ``{decoder_channels: [128, 64, 32, 16, 16]}``."""
+    init: str | None = None
+    """Start from the weights of a model folder (``runs/<name>/model``, a run directory, or one written by
+    ``pixelwise convert``) instead of random or ``encoder_weights``: its architecture and encoder must be
+    ``model`` and ``encoder``; layers of another shape (the head, for another number of ``classes``) keep
+    their fresh initialisation. Not with ``--resume`` (the checkpoint holds the weights)."""
 
     epochs: int = 50
     """Number of passes over ``samples_per_epoch`` training crops."""

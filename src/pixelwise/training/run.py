@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -32,8 +33,10 @@ from pixelwise.bundle import ModelBundle, Preprocessing
 from pixelwise.data import ClassInfo, check_dataset, default_palette
 from pixelwise.data.targets import BOUNDARY_CLASSES
 from pixelwise.errors import ConfigError
-from pixelwise.io import atomic_path, load_checkpoint, remove_stale_temporaries
-from pixelwise.models.registry import takes_encoder
+from pixelwise.io import atomic_path, load_checkpoint, load_weights, remove_stale_temporaries
+from pixelwise.models import SegmentationModel, get_model_class
+from pixelwise.models.base import CONFIG_NAME, WEIGHTS_NAME
+from pixelwise.models.registry import read_config, takes_encoder
 from pixelwise.training.callbacks import EpochRecords, TimeBudget, TimeSplit, WeightEMA
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.data import SegmentationDataModule
@@ -197,7 +200,11 @@ def train(config: TrainConfig, resume: bool = False, start: float | None = None)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no last.ckpt (the run never finished an epoch).")
+    if resume and config.init != _saved_init(run_dir):
+        raise ConfigError("--resume and --init exclude each other: a resumed run continues from its last.ckpt.")
     task = SegmentationTask(config, **facts)
+    if config.init and not resume:  # a resumed run's checkpoint holds its weights
+        initialise_from(task.model, config.init)
     crop, mirror_border = training_tile(task.model, config.crop)
     if mirror_border:
         rank_zero_info(
@@ -248,6 +255,42 @@ def train(config: TrainConfig, resume: bool = False, start: float | None = None)
     seconds = time.perf_counter() - start
     rank_zero_info(budget.split.format(seconds))
     return RunResult(run_dir, float(best) if best is not None else None, trainer.current_epoch, seconds, budget.split)
+
+
+def _saved_init(run_dir: Path) -> str | None:
+    """The ``init`` a run directory's ``config.yaml`` recorded (None: none, or no readable file)."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get("init") if isinstance(saved, dict) else None
+
+
+def initialise_from(model: SegmentationModel, folder: str | os.PathLike) -> None:
+    """Load the weights of the model folder ``folder`` (or of a run directory's ``model/``) into ``model``.
+
+    Weights of another shape (a head for another number of classes) keep their fresh initialisation, with
+    a warning naming them (:meth:`SegmentationModel.load_state_dict` with ``strict=False``).
+
+    Raises:
+        ConfigError: no model folder there, or one of another architecture or encoder (naming both).
+    """
+    path = Path(folder)
+    model_dir = path / "model" if (path / "model" / CONFIG_NAME).is_file() else path
+    if not (model_dir / CONFIG_NAME).is_file():
+        raise ConfigError(f"--init {str(folder)!r}: no {CONFIG_NAME} there; give a model folder or a run directory.")
+    arch, options = read_config(model_dir / CONFIG_NAME)
+    found = (get_model_class(arch).arch_name, str(options.get("encoder_name", "")).removeprefix("tu-"))
+    wanted = (model.arch_name, str(model.config.get("encoder_name", "")).removeprefix("tu-"))
+    if found != wanted:
+        describe = " with encoder ".join
+        raise ConfigError(
+            f"--init {str(folder)!r} holds a {describe(p for p in found if p)} but the run builds a "
+            f"{describe(p for p in wanted if p)}; set --model and --encoder to the folder's."
+        )
+    result = model.load_state_dict(load_weights(model_dir / WEIGHTS_NAME), strict=False)
+    skipped = len(result.missing_keys) + len(result.unexpected_keys)
+    rank_zero_info(f"initialised the model from {model_dir}" + (f" ({skipped} keys not in both)" if skipped else ""))
 
 
 @contextlib.contextmanager
