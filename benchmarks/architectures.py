@@ -56,7 +56,7 @@ OWN_CASES = [
     ("fcn16s", {"encoder_name": "resnet34"}),
     ("fcn8s", {"encoder_name": "resnet34"}),
     ("segnet", {"encoder_name": "resnet34"}),
-    ("unet2015", {}),
+    ("unet2015", {"in_channels": 3}),
 ]
 """Architectures only pixelwise has: (name, options)."""
 
@@ -86,7 +86,8 @@ def run_smp_case(name: str, smp_class: str, encoder: str, size: int, repeats: in
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(0)
-    reference = getattr(smp, smp_class)(encoder_name=encoder, encoder_weights=None, classes=2).eval()
+    extra = {"dynamic_img_size": True} if smp_class == "DPT" else {}  # SMP's ViT otherwise takes only 224²
+    reference = getattr(smp, smp_class)(encoder_name=encoder, encoder_weights=None, classes=2, **extra).eval()
     ours = pixelwise.from_smp(reference).eval()
     x = torch.rand(1, 3, size, size)
     fast = inference_path(ours, x)
@@ -118,6 +119,8 @@ def run_smp_case(name: str, smp_class: str, encoder: str, size: int, repeats: in
 def run_own_case(name: str, options: dict, size: int, repeats: int) -> list[str]:
     torch.manual_seed(0)
     model = pixelwise.create_model(name, classes=2, **options).eval()
+    if hasattr(model, "valid_input_size"):  # UNet2015 takes valid sizes only: the smallest ≥ ``size``
+        size = model.valid_input_size(size)
     x = torch.rand(1, 3, size, size)
     fast = inference_path(model, x)
     x_last = x.contiguous(memory_format=torch.channels_last)
@@ -148,8 +151,6 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="only these pixelwise architecture names")
     args = parser.parse_args()
     keep = (lambda name: name in args.only) if args.only else (lambda name: True)
-    rows = [run_smp_case(*case, args.size, args.repeats) for case in SMP_CASES if keep(case[0])]
-    rows += [run_own_case(*case, args.size, args.repeats) for case in OWN_CASES if keep(case[0])]
     header = [
         "architecture",
         "encoder",
@@ -160,16 +161,20 @@ def main() -> None:
         "pixelwise eager ms",
         "pixelwise inference ms",
         "SMP / inference",
-        "max |Δ| vs SMP",
+        "max abs Δ vs SMP",
     ]
     print(
         f"1×3×{args.size}×{args.size}, median of {args.repeats}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n"
     )
     print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print("|" + "---|" * len(header), flush=True)
+    for case in SMP_CASES:  # each row as soon as it is measured
+        if keep(case[0]):
+            print("| " + " | ".join(run_smp_case(*case, args.size, args.repeats)) + " |", flush=True)
+    for case in OWN_CASES:
+        if keep(case[0]):
+            print("| " + " | ".join(run_own_case(*case, args.size, args.repeats)) + " |", flush=True)
 
 
 if __name__ == "__main__":
