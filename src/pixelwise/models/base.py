@@ -424,7 +424,35 @@ class SegmentationModel(nn.Module):
         return directory
 
 
-class EncoderDecoderModel(SegmentationModel):
+class EncoderFreezing(nn.Module):
+    """Freezing of a model's ``encoder`` (a mixin: :class:`EncoderDecoderModel`, DPT)."""
+
+    encoder: nn.Module
+    encoder_frozen: bool = False
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder: no gradients, and BatchNorm statistics stay as they are
+        (the encoder is kept in eval mode even when the model trains)."""
+        self.encoder_frozen = True
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(False)
+        self.encoder.eval()
+
+    def unfreeze_encoder(self) -> None:
+        """Undo :meth:`freeze_encoder`."""
+        self.encoder_frozen = False
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(True)
+        self.encoder.train(self.training)
+
+    def train(self, mode: bool = True) -> EncoderFreezing:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+
+class EncoderDecoderModel(EncoderFreezing, SegmentationModel):
     """Base of the encoder-based architectures: timm encoder → decoder → head → activation.
 
     It builds the encoder, pads inputs to ``2**encoder_depth`` (``input_multiple``: the deepest
@@ -530,30 +558,6 @@ class EncoderDecoderModel(SegmentationModel):
         if self.classification_head is None:
             return masks
         return masks, self.classification_head(features[-1])
-
-    # -- encoder freezing --------------------------------------------------------------------
-    encoder_frozen: bool = False
-
-    def freeze_encoder(self) -> None:
-        """Stop training the encoder: no gradients, and BatchNorm statistics stay as they are
-        (the encoder is kept in eval mode even when the model trains)."""
-        self.encoder_frozen = True
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(False)
-        self.encoder.eval()
-
-    def unfreeze_encoder(self) -> None:
-        """Undo :meth:`freeze_encoder`."""
-        self.encoder_frozen = False
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(True)
-        self.encoder.train(self.training)
-
-    def train(self, mode: bool = True) -> EncoderDecoderModel:
-        super().train(mode)
-        if self.encoder_frozen:
-            self.encoder.eval()
-        return self
 
 
 def _classification_head(aux_params: Mapping[str, Any] | None, in_channels: int) -> ClassificationHead | None:

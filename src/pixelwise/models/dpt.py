@@ -13,7 +13,6 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -21,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelwise.errors import ConfigError, WeightsError, unknown_name
-from pixelwise.io import load_weights
-from pixelwise.models.base import SegmentationModel, _classification_head
+from pixelwise.errors import ConfigError, unknown_name
+from pixelwise.models.base import EncoderFreezing, SegmentationModel, _classification_head
 from pixelwise.models.blocks import ConvBnAct, make_activation
-from pixelwise.models.encoders import WeightsSpec
+from pixelwise.models.encoders import WeightsSpec, create_timm_model
 from pixelwise.models.registry import check_choice, register_model
 
 READOUTS = ("cat", "add", "ignore")
@@ -44,39 +42,6 @@ def uniform_block_indices(depth: int, num_blocks: int) -> list[int]:
         [2, 5, 8, 11]
     """
     return [int(num_blocks / depth * level) - 1 for level in range(1, depth + 1)]
-
-
-def _create_timm(name: str, weights: WeightsSpec, options: dict[str, Any]) -> nn.Module:
-    """``timm.create_model(name, **options)`` with random, timm's pretrained, or local-file weights.
-
-    Raises:
-        WeightsError: timm's download failed, or a local file does not fit the model.
-        ConfigError: ``weights`` is neither None, ``"imagenet"`` nor an existing file.
-    """
-    if weights is None:
-        return timm.create_model(name, pretrained=False, **options)
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        try:
-            return timm.create_model(name, pretrained=True, **options)
-        except OSError as error:
-            raise WeightsError(
-                f"could not get ImageNet weights for encoder {name!r}: timm's download failed "
-                f"({str(error).splitlines()[0]}). Offline, pass a local file instead: "
-                f"encoder_weights='/path/to/{name}.safetensors', or encoder_weights=None."
-            ) from error
-    path = Path(weights)
-    if not path.is_file():
-        raise ConfigError(
-            f"encoder_weights={str(weights)!r} is neither None, 'imagenet' nor an existing file; "
-            "pass a path to a .safetensors or .pth state dict of the timm model."
-        )
-    overlay = {"state_dict": load_weights(path)}
-    try:
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **options)
-    except RuntimeError as error:  # load_state_dict: missing/unexpected keys or shape mismatch
-        raise WeightsError(
-            f"weights file {str(path)!r} does not fit encoder {name!r}: {str(error).splitlines()[0]}"
-        ) from error
 
 
 def _check_indices(indices: Sequence[int] | None, depth: int, num_blocks: int) -> list[int]:
@@ -143,7 +108,7 @@ class ViTEncoder(nn.Module):
         with torch.device("meta"):  # check the kind of model before allocating (or downloading) weights
             _check_plain_vit(name, timm.create_model(name, pretrained=False))
         try:
-            model = _create_timm(name, weights, {"in_chans": in_channels, **options})
+            model = create_timm_model(name, weights, in_chans=in_channels, **options)
         except TypeError as error:  # an option this timm model does not take
             raise ConfigError(f"DPT: timm cannot build encoder {name!r} with {options}: {error}") from error
         num_blocks = len(model.feature_info)
@@ -367,7 +332,7 @@ class DPTHead(nn.Module):
 
 
 @register_model("dpt")
-class DPT(SegmentationModel):
+class DPT(EncoderFreezing, SegmentationModel):
     """DPT: ViT → readout + reassemble (strides 4 … 32) → fusion blocks → head → activation.
 
     It derives from :class:`~pixelwise.models.base.SegmentationModel` rather than ``EncoderDecoderModel``
@@ -452,29 +417,6 @@ class DPT(SegmentationModel):
         if self.classification_head is None:
             return masks
         return masks, self.classification_head(features[-1])
-
-    # -- encoder freezing (as EncoderDecoderModel's) -----------------------------------------
-    encoder_frozen: bool = False
-
-    def freeze_encoder(self) -> None:
-        """Stop training the encoder: no gradients, and the encoder stays in eval mode (no dropout)."""
-        self.encoder_frozen = True
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(False)
-        self.encoder.eval()
-
-    def unfreeze_encoder(self) -> None:
-        """Undo :meth:`freeze_encoder`."""
-        self.encoder_frozen = False
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(True)
-        self.encoder.train(self.training)
-
-    def train(self, mode: bool = True) -> DPT:
-        super().train(mode)
-        if self.encoder_frozen:
-            self.encoder.eval()
-        return self
 
 
 # -- segmentation_models_pytorch checkpoints -------------------------------------------------------

@@ -231,7 +231,7 @@ class TimmEncoder(nn.Module):
         kwargs["in_chans"] = in_channels
         base = max(2**depth, 16) if self.pyramid else 2**depth  # the pyramid is built from a stride-16 grid
         self.input_multiple, self.tile_size = _input_rule(name, in_channels, base, kwargs)
-        self.model = _build(name, weights, **kwargs)
+        self.model = create_timm_model(name, weights, features_only=True, **kwargs)
         if dilate_first_block and output_stride is not None and self.pyramid is None:
             dilate_whole_stages(self.model, [undilated[i]["reduction"] for i in kwargs["out_indices"]], output_stride)
         # timm's feature wrappers return NCHW; some models' native wrappers report NHWC (output_fmt)
@@ -354,18 +354,19 @@ def _pyramid(name: str, level: dict, depth: int) -> SimplePyramid:
     return SimplePyramid(level["num_chs"], strides)
 
 
-def _build(name: str, weights: WeightsSpec, **kwargs: Any) -> nn.Module:
-    """The timm features model ``name`` built with ``kwargs``, with the weights ``weights`` describes.
+def create_timm_model(name: str, weights: WeightsSpec, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with the weights ``weights`` describes: None (random), ``"imagenet"``
+    (timm's download) or a local ``.safetensors``/``.pth`` timm state dict.
 
     Raises:
         WeightsError: ImageNet weights cannot be downloaded, or a weights file does not fit the model.
         ConfigError: ``weights`` is neither None, ``"imagenet"`` nor an existing file.
     """
     if weights is None:
-        return timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs)
     if isinstance(weights, str) and weights.lower() == "imagenet":
         try:
-            return timm.create_model(name, features_only=True, pretrained=True, **kwargs)
+            return timm.create_model(name, pretrained=True, **kwargs)
         except OSError as error:
             raise WeightsError(
                 f"could not get ImageNet weights for encoder {name!r}: timm's download failed "
@@ -382,7 +383,7 @@ def _build(name: str, weights: WeightsSpec, **kwargs: Any) -> nn.Module:
     state_dict = load_weights(path)
     try:
         overlay = {"state_dict": state_dict}
-        return timm.create_model(name, features_only=True, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except RuntimeError as error:  # load_state_dict: missing/unexpected keys or shape mismatch
         raise WeightsError(
             f"weights file {str(path)!r} does not fit encoder {name!r}: {str(error).splitlines()[0]} "
