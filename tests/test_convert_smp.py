@@ -14,7 +14,7 @@ import pixelwise
 from pixelwise.cli import main
 from pixelwise.convert import SMP_ARCHITECTURES, from_smp
 from pixelwise.data.synthetic import write_synthetic
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, WeightsError
 from pixelwise.models import create_model, from_pretrained, list_models
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.run import train
@@ -141,6 +141,10 @@ def test_bad_sources_are_refused_with_the_fix(tmp_path):
         from_smp(wrong, arch="Unet", encoder_name="resnet18", classes=3)
     with pytest.raises(ConfigError, match=r"segmentation_head.0.weight.*\[3, 16, 3, 3\].*\[5, 16, 3, 3\]"):
         from_smp(reference.state_dict(), arch="Unet", encoder_name="resnet18", classes=5)
+    reference.save_pretrained(tmp_path / "damaged")
+    (tmp_path / "damaged" / "model.safetensors").write_bytes(b"garbage")  # a truncated download, say
+    with pytest.raises(WeightsError, match=r"model\.safetensors' is not a readable safetensors file"):
+        from_smp(tmp_path / "damaged")
 
 
 def test_convert_command_writes_a_folder_predict_reads(tmp_path, capsys):

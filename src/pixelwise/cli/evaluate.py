@@ -33,6 +33,7 @@ def add_parser(commands: Any) -> None:
     )
     _tiling.add_tiling_arguments(evaluate, 0)
     _tiling.add_device_argument(evaluate)
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=run)
 
 
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         tiling=_tiling.tiling_options(args),
         runtime=_tiling.runtime_options(args),
+        progress=not args.no_progress,
     )
     columns = (result.class_names, result.iou, result.f1, result.precision, result.recall)
     rows = [[name, fmt(iou), fmt(f1), fmt(p), fmt(r)] for name, iou, f1, p, r in zip(*columns, strict=True)]

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from pixelwise.errors import ConfigError
+from pixelwise.io import load_weights
 from pixelwise.models import SegmentationModel, create_model, get_model_class
 from pixelwise.models.encoder_names import resolve_encoder_name
 from pixelwise.models.encoders import DILATE_FIRST_BLOCK
@@ -178,8 +179,6 @@ def _read_folder(folder: Path) -> tuple[str, dict[str, Any], dict[str, torch.Ten
         ConfigError: the folder is missing, or is not an SMP folder (no config.json with ``_model_class``,
             or no model.safetensors).
     """
-    from safetensors.torch import load_file  # deferred: only folders need it
-
     if not folder.is_dir():
         raise ConfigError(f"{str(folder)!r} does not exist; give an SMP save_pretrained folder.")
     config_path = folder / SMP_CONFIG
@@ -196,7 +195,7 @@ def _read_folder(folder: Path) -> tuple[str, dict[str, Any], dict[str, torch.Ten
     if not weights.is_file():
         raise ConfigError(f"{str(folder)!r} has no {SMP_WEIGHTS}: save the SMP model with model.save_pretrained().")
     name = _smp_class_name(str(config.pop(SMP_CLASS_KEY)))
-    return name, config, in_registration_order(load_file(str(weights)), name, config)
+    return name, config, in_registration_order(load_weights(weights), name, config)
 
 
 def in_registration_order(

@@ -181,12 +181,9 @@ class MAnet(EncoderDecoderModel):
         decoder_pab_channels: channels of the position attention's query and key.
         decoder_interpolation: the ×2 interpolation: ``"nearest"``, ``"bilinear"``, ``"bicubic"``,
             ``"area"`` or ``"nearest-exact"``.
-        aux_params: a classification head on the deepest features; see
-            :class:`~pixelwise.models.base.EncoderDecoderModel`.
-        encoder_freeze: keep the encoder fixed while training.
         decoder_use_batchnorm: older bool alias of ``decoder_use_norm`` (segmentation_models_pytorch < 0.5).
-        encoder_name, encoder_depth, encoder_weights, in_channels, classes, activation: see
-            :class:`~pixelwise.models.base.EncoderDecoderModel`.
+        encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation,
+            aux_params: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
     Shape: ``[N, in_channels, H, W] → [N, classes, H, W]`` for any H, W (``(masks, labels [N, aux classes])``
     with ``aux_params``).
