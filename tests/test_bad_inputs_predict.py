@@ -17,7 +17,7 @@ from PIL import Image
 import pixelwise
 import pixelwise.inference
 from pixelwise.cli import main
-from pixelwise.data.folder import DataError
+from pixelwise.errors import DataError
 from pixelwise.errors import ConfigError
 from pixelwise.inference import Predictor, RuntimeOptions, TilingOptions
 from pixelwise.inference.files import predict_file

@@ -68,12 +68,12 @@ def test_split_folders_and_errors(tmp_path):
     make_folder(tmp_path / "train", names=("a", "b"))
     make_folder(tmp_path / "val", names=("c",))
     assert len(SegmentationFolder(tmp_path, "train")) == 2 and len(SegmentationFolder(tmp_path, "val")) == 1
-    with pytest.raises(DataError, match=r"split folders \(train, val\).*split='train'"):
+    with pytest.raises(DataError, match=r"holds splits \(train, val\).*split='train'"):
         SegmentationFolder(tmp_path)
-    with pytest.raises(DataError, match=r"no split folder 'test': it has train, val; pass one of those"):
+    with pytest.raises(DataError, match=r"no split 'test'.*its splits: train, val\. Pass one of those"):
         SegmentationFolder(tmp_path, "test")
     make_folder(tmp_path / "flat", names=("a",))
-    with pytest.raises(DataError, match=r"no split folder 'train': its images/ and masks/ are one unsplit set"):
+    with pytest.raises(DataError, match=r"no split 'train': it is one unsplit set \(folder layout\)"):
         SegmentationFolder(tmp_path / "flat", "train")
     with pytest.raises(DataError, match="does not exist"):
         SegmentationFolder(tmp_path / "nowhere")
@@ -89,7 +89,7 @@ def test_unpaired_files_raise_naming_them(tmp_path):
     make_folder(tmp_path)
     save(tmp_path / "images" / "lonely.png", np.zeros((12, 16, 3), np.uint8))
     (tmp_path / "masks" / "b.png").unlink()
-    with pytest.raises(DataError, match=r"2 images without a mask.*b\.png, lonely\.png"):
+    with pytest.raises(DataError, match=r"do not pair up.*images/b\.png: image has no mask.*images/lonely\.png: image has no mask"):
         SegmentationFolder(tmp_path)
 
 

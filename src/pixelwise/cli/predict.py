@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     (unreadable inputs included)."""
     import functools
 
-    from pixelwise.data.folder import IMAGE_READ_ERRORS
+    from pixelwise.data.readers import IMAGE_READ_ERRORS
     from pixelwise.inference import Predictor
     from pixelwise.instances import write_prediction_instances
     from pixelwise.io import remove_stale_temporaries

@@ -1,7 +1,9 @@
 """Data: folder datasets, mask decoding, dataset checks, synthetic data and augmentation.
 
-- :class:`SegmentationFolder` reads ``images/`` + ``masks/`` pairs (optional ``train/``, ``val/``,
-  ``test/`` splits and ``instances/``); :class:`ClassInfo` holds class names, ids and colours.
+- :class:`SegmentationFolder` reads one split of a data set in any layout of :data:`LAYOUTS`
+  (pixelwise's ``images/`` + ``masks/`` folders, COCO, Pascal VOC, Cityscapes, ADE20K, CVAT and
+  Label Studio exports, generic folders), detected by :func:`detect_layout`; :class:`ClassInfo`
+  holds class names, ids and colours; :mod:`pixelwise.data.readers` decodes the files.
 - :func:`check_dataset` reads every pair once and reports problems per file, class frequencies and
   median-frequency class weights (``pixelwise check-data``).
 - :func:`cells` and :func:`shapes` generate data deterministically; :func:`write_synthetic` writes
@@ -11,15 +13,9 @@
 
 from pixelwise.data.check import DataReport, check_dataset, median_frequency_weights
 from pixelwise.data.classes import ClassInfo, default_palette
-from pixelwise.data.folder import (
-    DataError,
-    SegmentationFolder,
-    read_image,
-    read_image_array,
-    read_instances,
-    read_mask,
-    scan_folder,
-)
+from pixelwise.data.folder import SegmentationFolder
+from pixelwise.data.layouts import LAYOUTS, Layout, LayoutScan, Record, detect_layout, open_layout, register_layout
+from pixelwise.data.readers import read_image, read_image_array, read_instances, read_mask
 from pixelwise.data.synthetic import CELL_CLASSES, SHAPE_CLASSES, Sample, cells, shapes, write_synthetic
 from pixelwise.data.transforms import (
     CUSTOM_TRANSFORMS,
@@ -35,16 +31,20 @@ from pixelwise.data.transforms import (
     SegmentationTransform,
     build_transforms,
 )
+from pixelwise.errors import DataError
 
 __all__ = [
     "CELL_CLASSES",
     "CUSTOM_TRANSFORMS",
+    "LAYOUTS",
     "PRESETS",
     "SHAPE_CLASSES",
     "ClassInfo",
     "DataError",
     "DataReport",
     "InstanceMask",
+    "Layout",
+    "LayoutScan",
     "MirrorPad",
     "RandomBrightness",
     "RandomContrast",
@@ -52,6 +52,7 @@ __all__ = [
     "RandomGamma",
     "RandomGaussianNoise",
     "RandomRot90",
+    "Record",
     "Sample",
     "SegmentationFolder",
     "SegmentationTransform",
@@ -59,12 +60,14 @@ __all__ = [
     "cells",
     "check_dataset",
     "default_palette",
+    "detect_layout",
     "median_frequency_weights",
+    "open_layout",
     "read_image",
     "read_image_array",
     "read_instances",
     "read_mask",
-    "scan_folder",
+    "register_layout",
     "shapes",
     "write_synthetic",
 ]

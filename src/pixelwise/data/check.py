@@ -15,23 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.folder import (
-    MAX_LISTED,
-    MIN_INFERRED_CLASSES,
-    DataError,
-    FolderLayout,
-    binary_mask_values,
-    image_scale,
-    read_image_array,
-    read_mask,
-    scan_folder,
-)
-from pixelwise.errors import ConfigError
+from pixelwise.data.geotiff import read_image_with_nodata
+from pixelwise.data.layouts import LayoutScan, Record, get_layout, open_layout
+from pixelwise.data.readers import MAX_LISTED, MIN_INFERRED_CLASSES, binary_mask_values, image_scale, remap_values
+from pixelwise.errors import ConfigError, DataError
 from pixelwise.modes import IGNORE_INDEX
 
 PROGRESS_MIN_PAIRS = 50
@@ -72,6 +65,12 @@ class DataReport:
             Labels drawn half a pixel off show here; ``TrainConfig.mask_offset`` compensates.
         offset_pairs: pairs in which the offset could be measured.
         mask_values: stored mask values read as other class ids (``{255: 1}`` for 0/255 binary masks).
+        layout: the layout found (or named), e.g. ``"folder"``, ``"coco"``.
+        pairing: how the layout paired images and masks, in words.
+        splits: pairs per split checked (``{"": n}`` for an unsplit data set).
+        mask_values_from: where ``mask_values`` came from: ``"given"``, ``"layout"`` or ``"binary"``
+            (found from 0/v binary masks).
+        classes: the class list the masks were read with (given, or the layout's); None: inferred.
     """
 
     root: Path
@@ -90,6 +89,11 @@ class DataReport:
     mask_offset: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
     offset_pairs: int = 0
     mask_values: dict[int, int] = field(default_factory=dict)
+    layout: str = ""
+    pairing: str = ""
+    splits: dict[str, int] = field(default_factory=dict)
+    mask_values_from: str = ""
+    classes: ClassInfo | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,10 +118,15 @@ class DataReport:
     def format(self, max_problems: int | None = MAX_REPORTED_PROBLEMS) -> str:
         """The human-readable report: problems per file, then class statistics and channel statistics."""
         lines = [
-            f"data folder {self.root}: {self.num_pairs} pairs, {self.in_channels} channels, "
-            f"{self.num_classes} classes (ignore_index {self.ignore_index})"
+            f"data set {self.root} ({self.layout} layout): {self.num_pairs} pairs, {self.in_channels} channels, "
+            f"{self.num_classes} classes (ignore_index {self.ignore_index})",
+            f"paired as {self.pairing}",
         ]
-        for stored, class_id in self.mask_values.items():
+        if len(self.splits) > 1 or "" not in self.splits:
+            lines.append("splits: " + ", ".join(f"{name} {n} pairs" for name, n in self.splits.items()))
+        if self.mask_values and self.mask_values_from == "layout":
+            lines.append(f"the {self.layout} layout maps {len(self.mask_values)} stored mask values to class ids")
+        for stored, class_id in self.mask_values.items() if self.mask_values_from == "binary" else ():
             lines.append(
                 f"binary masks stored as 0/{stored}: value {stored} is read as class {class_id} (the foreground); "
                 f"if {stored} marks pixels to ignore instead, pass --ignore-index {stored}"
@@ -165,6 +174,39 @@ class DataReport:
             )
         return "\n".join(lines)
 
+    def to_dict(self) -> dict:
+        """The report as plain JSON types (what ``pixelwise check-data --json`` prints)."""
+        finite = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "pairing": self.pairing,
+            "splits": dict(self.splits),
+            "num_pairs": self.num_pairs,
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+            "classes": [
+                {
+                    "id": k,
+                    "name": self.class_names[k],
+                    "pixels": int(self.class_pixels[k]),
+                    "frequency": float(self.frequencies[k]),
+                    "median_frequency_weight": float(self.median_frequency_weights[k]),
+                }
+                for k in range(self.num_classes)
+            ],
+            "ignored_pixels": int(self.void_pixels),
+            "mask_values": {str(k): v for k, v in self.mask_values.items()},
+            "mask_values_from": self.mask_values_from,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "mask_offset": [finite(v) for v in self.mask_offset],
+            "offset_pairs": self.offset_pairs,
+            "problems": [{"file": file, "message": message} for file, message in self.problems],
+            "ok": self.ok,
+        }
+
     def raise_if_bad(self) -> None:
         """Raise a DataError holding the formatted report if any problem was found."""
         if not self.ok:
@@ -180,6 +222,7 @@ class _PairResult:
     counts: np.ndarray | None = None  # pixels of each of those values
     pixels: int = 0
     offset: np.ndarray | None = None  # [dy, dx], see edge_offset
+    nodata: int = 0  # GeoTIFF nodata pixels (counted as void, not among values)
 
 
 def edge_offset(image: np.ndarray, mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -227,22 +270,22 @@ def _channel_moments(image: np.ndarray) -> np.ndarray:
 
 
 def _inspect_pair(
-    pair: tuple[Path, Path],
+    record: Record,
     classes: ClassInfo | None,
     ignore_index: int,
     values: dict[int, int] | None,
     explicit_ignore: int | None,
 ) -> _PairResult:
-    image_path, mask_path = pair
+    mask_path = record.mask.path
     result = _PairResult(str(mask_path))
-    image = mask = None
+    image = mask = nodata = None
     try:
-        image = read_image_array(image_path)
+        image, nodata = read_image_with_nodata(record.image)
         result.moments = _channel_moments(image)
     except DataError as error:
-        result.problems.append((str(image_path), f"unreadable image: {error}"))
+        result.problems.append((str(record.image), f"unreadable image: {error}"))
     try:
-        mask = read_mask(mask_path, classes, ignore_index)
+        mask = record.mask.read(classes, ignore_index)
     except DataError as error:
         result.problems.append((str(mask_path), f"unreadable mask: {error}"))
     if image is None or mask is None:
@@ -251,17 +294,20 @@ def _inspect_pair(
         result.problems.append(
             (
                 str(mask_path),
-                f"size mismatch: image {image_path.name} is {image.shape[2]}x{image.shape[1]} (WxH), "
+                f"size mismatch: image {record.image.name} is {image.shape[2]}x{image.shape[1]} (WxH), "
                 f"mask is {mask.shape[1]}x{mask.shape[0]}",
             )
         )
         return result
-    result.values, result.counts = np.unique(mask, return_counts=True)
+    labelled = mask if nodata is None else mask[~nodata]
+    result.values, result.counts = np.unique(labelled, return_counts=True)
     result.pixels = mask.size
+    result.nodata = 0 if nodata is None else int(nodata.sum())
     if values is None:  # not known before every mask is read: this mask's own binary map moves its edges alike
         values = binary_mask_values(result.values, explicit_ignore, classes)
-    for stored, class_id in values.items():
-        mask[mask == stored] = class_id
+    mask = remap_values(mask, values)
+    if nodata is not None:
+        mask[nodata] = ignore_index
     result.offset = edge_offset(image, mask, ignore_index)
     return result
 
@@ -296,81 +342,95 @@ def check_dataset(
     progress: bool | None = None,
     files: str | Sequence[str] | None = None,
     mask_values: Mapping[int, int] | None = None,
+    format: str | None = None,
+    layout_options: Mapping[str, Any] | None = None,
 ) -> DataReport:
     """Read every pair once and report what is wrong, per file, with class and channel statistics.
 
-    Checks: missing partner (image without mask or the reverse), duplicate names, unreadable
-    files (JPEG data in a mask included), size mismatch between image and mask, class ids outside
-    ``0..K-1`` (``K`` from ``num_classes``, ``classes`` or the folder's class file; inferred as
-    largest id + 1 when none is given), images whose channel count differs from the majority, and
-    masks with no labelled pixel at all.
+    Checks: missing partner (image without mask or the reverse, an annotation naming a missing
+    image), duplicate names, unreadable files (JPEG data in a mask included), size mismatch between
+    image and mask, class ids outside ``0..K-1`` (``K`` from ``num_classes``, ``classes`` or the
+    layout's class list; inferred as largest id + 1 when none is given), images whose channel count
+    differs from the majority, and masks with no labelled pixel at all.
 
     Args:
-        root, split: the folder, as for :class:`~pixelwise.data.SegmentationFolder`.
+        root, split, files, format, layout_options: the data set, as for
+            :class:`~pixelwise.data.SegmentationFolder`; with ``split`` None, a data set that has
+            splits is checked split by split, and the report counts the pairs of each.
         num_classes: number of classes ``K``, if known.
-        classes: class list (its colours decode RGB masks); default: the folder's class file.
+        classes: class list (its colours decode RGB masks); default: the layout's.
         ignore_index: mask value of void pixels (None: 255, which binary masks may take for their
             foreground, see ``mask_values``).
-        progress: show a progress bar on stderr; default: for folders of ``PROGRESS_MIN_PAIRS`` pairs or more.
-        mask_values: stored values replaced by class ids (e.g. ``{255: 1}``); None: found by
-            :func:`~pixelwise.data.folder.binary_mask_values` (0/255 and 0/65535 binary masks read
-            their foreground as class 1); ``{}``: values are class ids as stored.
+        progress: show a progress bar on stderr; default: for data sets of ``PROGRESS_MIN_PAIRS`` pairs or more.
+        mask_values: stored values replaced by class ids (e.g. ``{255: 1}``); None: the layout's,
+            else found by :func:`~pixelwise.data.readers.binary_mask_values` (0/255 and 0/65535
+            binary masks read their foreground as class 1); ``{}``: values are class ids as stored.
 
     Returns:
         A :class:`DataReport`; ``report.ok`` is False when problems were found.
 
     Raises:
-        DataError: the folder itself is unusable (missing, no images/ or masks/ folder, no images).
-        ConfigError: ``num_classes`` and the class list disagree.
+        DataError: the data set itself is unusable (missing, no images/ or masks/ folder, no images,
+            an unreadable annotation file).
+        ConfigError: ``num_classes`` and the class list disagree; an unknown format or layout option.
 
     Example:
         >>> report = check_dataset("data/camvid", split="val")  # doctest: +SKIP
         >>> print(report.format()); report.raise_if_bad()  # doctest: +SKIP
     """
-    layout = scan_folder(root, split, files)
+    scans = _scan_splits(root, split, format, files, layout_options)
     ignore = IGNORE_INDEX if ignore_index is None else ignore_index
-    report = _partner_problems(layout, ignore)
-    if classes is None:
-        classes = ClassInfo.find(layout.base)
+    report = DataReport(root=scans[0].base if len(scans) == 1 else Path(root).expanduser(), ignore_index=ignore)
+    report.layout, report.pairing = scans[0].format, scans[0].pairing
+    report.splits = {scan.split or "": len(scan.records) for scan in scans}
+    report.problems = [problem for scan in scans for problem in scan.problems]
+    classes = report.classes = classes or scans[0].classes
     if classes is not None and num_classes is not None and classes.num_classes != num_classes:
         raise ConfigError(
             f"num_classes={num_classes} but the class list has {classes.num_classes} classes; make them agree."
         )
-    pairs = layout.pairs
-    report.num_pairs = len(pairs)
+    records = [record for scan in scans for record in scan.records]
+    report.num_pairs = len(records)
+    report.mask_values_from = "given" if mask_values is not None else "layout"
+    if mask_values is None:
+        mask_values = scans[0].mask_values
     values = None if mask_values is None else {int(k): int(v) for k, v in mask_values.items()}
     inspect = functools.partial(
         _inspect_pair, classes=classes, ignore_index=ignore, values=values, explicit_ignore=ignore_index
     )
-    results = _inspect_all(pairs, inspect, progress)
+    results = _inspect_all(records, inspect, progress)
     if values is None:
         stored = set().union(*(r.values.tolist() for r in results if r.values is not None))
         values = binary_mask_values(stored, ignore_index, classes)
+        report.mask_values_from = "binary"
     report.mask_values = values
     known_k = classes.num_classes if classes is not None else num_classes
-    _count_classes(report, results, [image for image, _ in pairs], known_k)
-    _channel_statistics(report, results, [image for image, _ in pairs])
+    _count_classes(report, results, known_k)
+    _channel_statistics(report, results, [record.image for record in records])
     report.class_names = classes.names if classes is not None else [f"class_{i}" for i in range(report.num_classes)]
     _median_offset(report, results)
     if report.num_pairs and not report.class_pixels.sum() and report.void_pixels:
-        report.problems.append((str(layout.base / "masks"), _all_ignored_problem(report, results)))
+        report.problems.append((str(scans[0].base), _all_ignored_problem(report, results)))
     report.problems.sort(key=lambda item: item[0])
     return report
 
 
-def _partner_problems(layout: FolderLayout, ignore: int) -> DataReport:
-    """A new report listing the duplicate names and the images or masks without a partner."""
-    report = DataReport(root=layout.base, ignore_index=ignore)
-    report.problems += [(str(p), why) for p, why in layout.duplicates]
-    report.problems += [(str(p), "image has no mask (same file stem) in masks/") for p in layout.images_without_mask]
-    report.problems += [(str(p), "mask has no image (same file stem) in images/") for p in layout.masks_without_image]
-    return report
+def _scan_splits(
+    root: str | os.PathLike,
+    split: str | None,
+    format: str | None,
+    files: str | Sequence[str] | None,
+    options: Mapping[str, Any] | None,
+) -> list[LayoutScan]:
+    """The scan of ``split``; with ``split`` None, one scan per split of a split data set."""
+    splits = get_layout(root, format).splits(Path(root).expanduser()) if split is None else []
+    return [open_layout(root, name, format, files, options) for name in (splits or [split])]
 
 
 def _inspect_all(
-    pairs: list[tuple[Path, Path]], inspect: Callable[[tuple[Path, Path]], _PairResult], progress: bool | None
+    pairs: list[Record], inspect: Callable[[Record], _PairResult], progress: bool | None
 ) -> list[_PairResult]:
-    """``inspect`` every pair, in order, with a progress bar when ``progress`` (default: for large folders)."""
+    """``inspect`` every pair, in order, with a progress bar when ``progress`` (default: for large data sets)."""
     show = progress if progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS
     # decoding releases the GIL, so a few threads read files in parallel; results come back in order
     with ThreadPoolExecutor(max_workers=min(MAX_READERS, os.cpu_count() or 1)) as pool:
@@ -388,13 +448,14 @@ def _median_offset(report: DataReport, results: list[_PairResult]) -> None:
         report.offset_pairs = len(offsets)
 
 
-def _count_classes(report: DataReport, results: list[_PairResult], images: list[Path], known_k: int | None) -> None:
+def _count_classes(report: DataReport, results: list[_PairResult], known_k: int | None) -> None:
     """Fill the class pixel counts, void pixels, frequencies and weights, and report out-of-range ids."""
     ignore, values = report.ignore_index, report.mask_values
     counts = np.zeros(0, np.int64)  # pixels per class id, void excluded, grown as larger ids appear
     present_pixels = np.zeros(0, np.int64)  # pixels of the images in which each id occurs
     for result in results:
         report.problems += result.problems
+        report.void_pixels += result.nodata
         if result.values is None:
             continue
         ids_of = np.array([values.get(int(v), int(v)) for v in result.values], dtype=np.int64)

@@ -45,7 +45,7 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str
     Raises:
         ConfigError: no pattern gave a file (lists each reason), or two inputs would write the same output.
     """
-    from pixelwise.data.folder import IMAGE_SUFFIXES
+    from pixelwise.data.readers import IMAGE_SUFFIXES
 
     found: list[Path] = []
     failed: list[tuple[str, str]] = []
@@ -109,7 +109,7 @@ def file_kind(path: Path) -> str:
 
 def _folder_images(folder: Path) -> tuple[list[Path], str | None]:
     """The image files of ``folder`` (not below it), sorted; other entries are skipped."""
-    from pixelwise.data.folder import IMAGE_SUFFIXES
+    from pixelwise.data.readers import IMAGE_SUFFIXES
 
     try:
         entries = sorted(folder.iterdir())
@@ -174,7 +174,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     import tifffile
     from PIL import Image
 
-    from pixelwise.data.folder import IMAGE_READ_ERRORS, check_tiff_pages, read_error
+    from pixelwise.data.readers import IMAGE_READ_ERRORS, check_tiff_pages, read_error
 
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
@@ -195,7 +195,7 @@ def _read_finite(path: Path) -> Any:
         DataError: unreadable, or holding non-finite pixels (names the file and how many).
     """
     from pixelwise.data import read_image_array
-    from pixelwise.data.folder import DataError
+    from pixelwise.errors import DataError
     from pixelwise.inference.predictor import nonfinite_message, nonfinite_pixels
 
     image = read_image_array(path)
@@ -211,7 +211,7 @@ def _check_input_file(path: Path, out: Path) -> None:
     Raises:
         DataError: not a regular file. ConfigError: ``out`` holds ``path``.
     """
-    from pixelwise.data.folder import DataError
+    from pixelwise.errors import DataError
 
     kind = file_kind(path)
     if kind != "file":
@@ -254,7 +254,7 @@ def predict_file(
     import tifffile
 
     from pixelwise.data import ClassInfo
-    from pixelwise.data.folder import scale_image
+    from pixelwise.data.readers import scale_image
     from pixelwise.inference import labels_from_scores
     from pixelwise.inference.tiling import ArraySource
     from pixelwise.io import atomic_path

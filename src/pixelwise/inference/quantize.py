@@ -69,7 +69,7 @@ def calibration_images(folder: str | os.PathLike, onnx_path: str | os.PathLike, 
 
     import torch.nn.functional as F
 
-    from pixelwise.data.folder import IMAGE_SUFFIXES, read_image, read_image_array
+    from pixelwise.data.readers import IMAGE_SUFFIXES, read_image, read_image_array
     from pixelwise.inference.export_check import RAW, import_optional
 
     folder = Path(folder)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from pixelwise.data.folder import IMAGE_READ_ERRORS, MAX_CHW_CHANNELS, DataError, check_tiff_pages, read_error
+from pixelwise.data.readers import IMAGE_READ_ERRORS, MAX_CHW_CHANNELS, DataError, check_tiff_pages, read_error
 from pixelwise.inference.predictor import Predictor, labels_from_scores, nonfinite_message, nonfinite_pixels
 from pixelwise.io import atomic_path
 

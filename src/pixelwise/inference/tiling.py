@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from pixelwise.data.folder import scale_image
+from pixelwise.data.readers import scale_image
 from pixelwise.data.transforms import mirror_index
 from pixelwise.errors import ConfigError
 from pixelwise.models.geometry import forward_mirrored as forward_mirrored  # re-exported: its old home

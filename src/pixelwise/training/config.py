@@ -77,15 +77,21 @@ class TrainConfig:
     """
 
     data: str = ""
-    """Folder with ``train/`` and ``val/`` splits (or ``images/`` + ``masks/``): see SegmentationFolder."""
+    """The data set: a folder with ``train/`` and ``val/`` splits, or any layout of
+    :mod:`pixelwise.data.layouts` (COCO JSON, Pascal VOC, Cityscapes, ADE20K, ...): see SegmentationFolder."""
+    data_format: str | None = None
+    """The data set's layout (``folder``, ``coco``, ``voc``, ...; None: detected)."""
+    data_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the layout, e.g. ``{"overlap": "smaller"}`` for COCO (see ``pixelwise check-data --help``)."""
     name: str | None = None
     """Run name: the run is written to ``<runs_dir>/<name>/`` (None: model-encoder-timestamp)."""
     runs_dir: str = "runs"
     """Parent folder of the run directories."""
     train_split: str | None = "train"
-    """Subfolder of ``data`` to train on (``None``: ``data`` itself holds images/ and masks/)."""
+    """Split of ``data`` to train on (``training``, ``train2017`` and the like are found as aliases;
+    ``None``: an unsplit data set, e.g. a folder that itself holds images/ and masks/)."""
     val_split: str | None = "val"
-    """Subfolder of ``data`` to validate on (may equal ``train_split`` when ``val_files`` picks files)."""
+    """Split of ``data`` to validate on (may equal ``train_split`` when ``val_files`` picks files)."""
     train_files: str | list[str] | None = None
     """Only these training files: a glob over file stems (``"[01]?"``) or a list; default all."""
     val_files: str | list[str] | None = None

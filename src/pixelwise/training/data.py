@@ -132,6 +132,8 @@ class SegmentationDataModule(L.LightningDataModule):
             "ignore_index": config.ignore_index,
             "mask_values": config.mask_values,
             "instances": targets.active,
+            "format": config.data_format,
+            "layout_options": config.data_options,
         }
         augment = build_transforms(
             config.augment,

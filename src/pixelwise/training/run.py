@@ -89,9 +89,9 @@ def precision_for(config: TrainConfig) -> str:
     return "32-true"
 
 
-def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Check the data; return the run directory and the data facts
-    (classes, channels, normalisation, class weights) the task is built from."""
+def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[str, Any], ClassInfo | None]:
+    """Check the data; return the run directory, the data facts (classes, channels, normalisation,
+    class weights) the task is built from, and the data set's class list (None: inferred from the masks)."""
     worker = is_worker_process()
     name = config.name or os.environ.get(RUN_NAME_ENV) or default_run_name(config)
     run_dir = Path(config.runs_dir) / name
@@ -111,6 +111,8 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
         files=config.train_files,
         mask_values=config.mask_values,
         progress=None if config.progress else False,
+        format=config.data_format,
+        layout_options=config.data_options,
     )
     train_report.raise_if_bad()
     config.ignore_index, config.mask_values = train_report.ignore_index, train_report.mask_values
@@ -134,6 +136,8 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
         files=config.val_files,
         mask_values=config.mask_values,
         progress=None if config.progress else False,
+        format=config.data_format,
+        layout_options=config.data_options,
     )
     val_report.raise_if_bad()
     if val_report.in_channels != train_report.in_channels:
@@ -160,7 +164,7 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
     }
     config.name = run_dir.name
     config.classes = classes
-    return run_dir, facts
+    return run_dir, facts, train_report.classes
 
 
 def process_start() -> float:
@@ -196,7 +200,7 @@ def train(config: TrainConfig, resume: bool = False, start: float | None = None)
     start = time.perf_counter() if start is None else start
     config.validate()
     L.seed_everything(config.seed, workers=True, verbose=False)
-    run_dir, facts = prepare_run(config, resume=resume)
+    run_dir, facts, class_list = prepare_run(config, resume=resume)
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no last.ckpt (the run never finished an epoch).")
@@ -251,7 +255,7 @@ def train(config: TrainConfig, resume: bool = False, start: float | None = None)
         os.environ.pop(RUN_NAME_ENV, None)
     best = checkpoints.best_model_score
     if trainer.is_global_zero:
-        export_model(run_dir, Path(checkpoints.best_model_path or last), facts, config)
+        export_model(run_dir, Path(checkpoints.best_model_path or last), facts, config, class_list)
     seconds = time.perf_counter() - start
     rank_zero_info(budget.split.format(seconds))
     return RunResult(run_dir, float(best) if best is not None else None, trainer.current_epoch, seconds, budget.split)
@@ -340,9 +344,12 @@ def build_trainer(config: TrainConfig, run_dir: Path, callbacks: list[L.Callback
         ) from error
 
 
-def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config: TrainConfig) -> Path:
+def export_model(
+    run_dir: Path, checkpoint: Path, facts: dict[str, Any], config: TrainConfig, class_list: ClassInfo | None = None
+) -> Path:
     """Write ``run_dir/model/``: the checkpoint's model in save_pretrained format, its input
-    normalisation (``preprocessing.json``) and the class list (``classes.yaml``)."""
+    normalisation (``preprocessing.json``) and the class list (``classes.yaml``: ``class_list``, the
+    data set's, else ``class_0 .. class_{K-1}``)."""
     state = load_checkpoint(checkpoint)["state_dict"]
     task = SegmentationTask(config, **facts)
     task.load_state_dict(state)
@@ -361,5 +368,5 @@ def export_model(run_dir: Path, checkpoint: Path, facts: dict[str, Any], config:
     if config.target == "boundary":
         classes = ClassInfo(list(BOUNDARY_CLASSES), list(range(len(BOUNDARY_CLASSES))), default_palette(3))
     else:
-        classes = ClassInfo.find(config.data) or ClassInfo.default(facts["classes"])
+        classes = class_list or ClassInfo.default(facts["classes"])
     return ModelBundle(task.model, preprocessing, classes).save(run_dir / "model")
