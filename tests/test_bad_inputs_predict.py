@@ -17,8 +17,7 @@ from PIL import Image
 import pixelwise
 import pixelwise.inference
 from pixelwise.cli import main
-from pixelwise.errors import DataError
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, DataError
 from pixelwise.inference import Predictor, RuntimeOptions, TilingOptions
 from pixelwise.inference.files import predict_file
 

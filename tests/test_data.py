@@ -89,7 +89,8 @@ def test_unpaired_files_raise_naming_them(tmp_path):
     make_folder(tmp_path)
     save(tmp_path / "images" / "lonely.png", np.zeros((12, 16, 3), np.uint8))
     (tmp_path / "masks" / "b.png").unlink()
-    with pytest.raises(DataError, match=r"do not pair up.*images/b\.png: image has no mask.*images/lonely\.png: image has no mask"):
+    expected = r"do not pair up.*images/b\.png: image has no mask.*images/lonely\.png: image has no mask"
+    with pytest.raises(DataError, match=expected):
         SegmentationFolder(tmp_path)
 
 
