@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,8 @@ def evaluate(
     tta: str | None = None,
     tiling: TilingOptions | None = None,
     runtime: RuntimeOptions | None = None,
+    format: str | None = None,
+    layout_options: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Compute metrics of a trained model on ``data``/``split`` and write the evaluation folder.
 
@@ -126,6 +129,9 @@ def evaluate(
     go to ``result.instances`` and the report. A boundary-target model is scored semantically as
     background / object.
 
+    ``data`` may be any layout of :mod:`pixelwise.data.layouts` (detected, or named by ``format``,
+    with ``layout_options``), as for :class:`~pixelwise.data.SegmentationFolder`.
+
     Raises:
         ConfigError: an unknown option, or images whose channels differ from the model's.
         DataError: unreadable data, or masks with nothing to score.
@@ -134,7 +140,8 @@ def evaluate(
         tta_transforms(tta)  # an unknown mode fails before any work
     loaded = load_model(model_path)
     ignore = loaded.classes.ignore_index if ignore_index is None else ignore_index
-    dataset = _dataset(loaded, data, split, ignore_index, ignore, files, instances)
+    layout = {"format": format, "layout_options": layout_options}
+    dataset = _dataset(loaded, data, split, ignore_index, ignore, files, instances, layout)
     boundary = loaded.target == "boundary"
     classes = _object_classes(dataset.classes, ignore) if boundary else loaded.classes
     predictor = Predictor(loaded, tiling=tiling, runtime=runtime, tta=tta)
@@ -203,8 +210,10 @@ def _dataset(
     ignore: int,
     files: str | list[str] | None,
     instances: bool,
+    layout: Mapping[str, Any],
 ) -> SegmentationFolder:
-    """The evaluation images and masks, read with the model's classes and mask values.
+    """The evaluation images and masks, read with the model's classes, and with the layout's mask
+    values (Cityscapes' labelId → trainId, ...) where it has them, else the model's.
 
     Raises:
         ConfigError: the images have another number of channels than the model takes.
@@ -218,8 +227,10 @@ def _dataset(
         ignore_index=None if ignore_index is None and ignore == IGNORE_INDEX else ignore,
         files=files,
         instances=instances,
-        mask_values=loaded.mask_values,
+        **layout,
     )
+    if dataset.layout.mask_values is None:
+        dataset.mask_values = loaded.mask_values
     if dataset.in_channels != loaded.model.in_channels:
         raise ConfigError(
             f"the images in {str(data)!r} have {dataset.in_channels} channels but the model expects "

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
+from pixelwise.cli._data import add_data_arguments
 from pixelwise.modes import IGNORE_INDEX
 
 
 def add_parser(commands: Any) -> None:
     check = commands.add_parser(
-        "check-data", help="check a data folder: unpaired, unreadable or mismatched files, class frequencies"
+        "check-data",
+        help="check a data set: the layout found, unpaired, unreadable or mismatched files, class frequencies",
     )
-    check.add_argument("path", help="data folder with images/ and masks/ (or split folders train/, val/, ...)")
-    check.add_argument("--split", default=None, help="split folder to check, e.g. train")
+    check.add_argument(
+        "path",
+        help="data set: a folder (images/ + masks/, VOC, Cityscapes, ADE20K, CVAT, generic folders) or an "
+        "annotation file (COCO or Label Studio JSON)",
+    )
+    check.add_argument("--split", default=None, help="split to check, e.g. train (default: every split)")
+    add_data_arguments(check)
+    check.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
     check.add_argument(
         "--classes",
         default=None,
@@ -41,7 +50,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             classes = ClassInfo.load(args.classes)
     report = check_dataset(
-        args.path, split=args.split, num_classes=num_classes, classes=classes, ignore_index=args.ignore_index
+        args.path,
+        split=args.split,
+        num_classes=num_classes,
+        classes=classes,
+        ignore_index=args.ignore_index,
+        format=args.format,
+        layout_options=args.data_options,
+        progress=False if args.json else None,
     )
-    print(report.format(max_problems=None))
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.format(max_problems=None))
     return 0 if report.ok else 1

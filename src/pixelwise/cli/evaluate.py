@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from pixelwise.cli import _tiling
+from pixelwise.cli._data import add_data_arguments
 from pixelwise.cli._table import fmt, table
 from pixelwise.evaluate import GALLERY_SIZE
 from pixelwise.instances.postprocess import METHODS as INSTANCE_METHODS
@@ -14,8 +15,9 @@ from pixelwise.instances.postprocess import METHODS as INSTANCE_METHODS
 def add_parser(commands: Any) -> None:
     evaluate = commands.add_parser("evaluate", help="metrics, confusion matrix and report.html for a trained model")
     evaluate.add_argument("--checkpoint", required=True, help="run directory (runs/<name>), saved model or .ckpt")
-    evaluate.add_argument("--data", required=True, help="data folder")
-    evaluate.add_argument("--split", default="val", help="split subfolder to evaluate (default val)")
+    evaluate.add_argument("--data", required=True, help="data set (any layout check-data reads)")
+    evaluate.add_argument("--split", default="val", help="split to evaluate (default val)")
+    add_data_arguments(evaluate)
     evaluate.add_argument("--out", default=None, help="output folder (default <run>/eval-<split>)")
     evaluate.add_argument("--gallery", type=int, default=GALLERY_SIZE, help="number of example panels in the report")
     evaluate.add_argument("--files", default=None, help="only these files: a glob over file names, e.g. '2[0-4]'")
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         tiling=_tiling.tiling_options(args),
         runtime=_tiling.runtime_options(args),
         progress=not args.no_progress,
+        format=args.format,
+        layout_options=args.data_options,
     )
     columns = (result.class_names, result.iou, result.f1, result.precision, result.recall)
     rows = [[name, fmt(iou), fmt(f1), fmt(p), fmt(r)] for name, iou, f1, p, r in zip(*columns, strict=True)]

@@ -107,21 +107,26 @@ def _converter(annotation: Any) -> Any:
     return _number_or_text  # unions such as str | list[float], int | str
 
 
+FLAG_ALIASES = {"data_format": ("--format",)}
+"""Extra spellings of some flags (``--format``, as check-data and evaluate spell it)."""
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per TrainConfig field (``--batch-size`` for ``batch_size``); defaults are None so that
     only the flags given override the YAML file."""
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
+        flags = ("--" + field.name.replace("_", "-"), *FLAG_ALIASES.get(field.name, ()))
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         help_text = field_help().get(field.name, field.name.replace("_", " "))
         if hints[field.name] is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=f"{help_text} (default {default})"
+                *flags, action=argparse.BooleanOptionalAction, default=None, help=f"{help_text} (default {default})"
             )
             continue
         parser.add_argument(
-            flag,
+            *flags,
+            dest=field.name,
             type=_converter(hints[field.name]),
             default=None,
             metavar=field.name.upper(),

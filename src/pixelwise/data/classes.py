@@ -8,6 +8,14 @@ A class file looks like this (``color`` and ``ignore_index`` are optional)::
       - {name: cell, id: 1, color: [128, 0, 0]}
       - {name: void, id: 255, color: [224, 224, 192]}   # id == ignore_index: this colour is ignored
 
+Masks whose stored values are not the class ids take a value table and ranges to ignore::
+
+    map: {7: 0, 8: 1, 11: 2}      # stored value -> class id
+    ignore: [0, [200, 254]]       # stored values (or inclusive ranges) read as ignore_index
+
+A class may also record the id it has in the source annotations (``source_id``: a COCO category
+id, a Cityscapes labelId), so that the mapping travels with a trained model's ``classes.yaml``.
+
 ``classes: [background, cell]`` (names only, ids in order) is accepted too. Class ids must be
 exactly ``0 .. K-1``: a model's output channel ``k`` is class id ``k``, so a gap would be a
 channel no pixel can ever belong to. An entry whose id equals ``ignore_index`` names the colour
@@ -35,6 +43,8 @@ VOID_COLOR = (224, 224, 192)
 """Palette colour of ``ignore_index`` pixels unless the class file names one (Pascal VOC's void colour)."""
 PALETTE_ENTRIES = 256
 MAX_CHANNEL_VALUE = 255
+MAX_IGNORE_RANGE = 65535
+"""Widest ``ignore`` range of a class file, minus one: masks hold 8- or 16-bit values."""
 RGB = tuple[int, int, int]
 
 
@@ -80,6 +90,9 @@ class ClassInfo:
             palette of written masks; ``None`` when the data set has none.
         ignore_index: mask value of void pixels (default 255).
         ignore_color: colour of void pixels in RGB masks, if any.
+        source_ids: per class, its id in the source annotations (COCO category id, ...), if any.
+        value_map: stored mask value → class id (the class file's ``map``), if the masks need one.
+        ignore_values: inclusive ``(low, high)`` ranges of stored values read as ``ignore_index``.
 
     Raises:
         ConfigError: ids that are not ``0 .. K-1``, or lists of different lengths.
@@ -95,6 +108,9 @@ class ClassInfo:
     colors: list[RGB] | None = None
     ignore_index: int = IGNORE_INDEX
     ignore_color: RGB | None = None
+    source_ids: list[int] | None = None
+    value_map: dict[int, int] | None = None
+    ignore_values: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         self.names = [str(n) for n in self.names]
@@ -119,6 +135,39 @@ class ClassInfo:
         self.ids = [self.ids[i] for i in order]
         if self.colors is not None:
             self.colors = [self.colors[i] for i in order]
+        if self.source_ids is not None:
+            if len(self.source_ids) != len(self.ids):
+                raise ConfigError(f"class list has {len(self.ids)} classes but {len(self.source_ids)} source ids.")
+            self.source_ids = [int(self.source_ids[i]) for i in order]
+        if self.value_map is not None:
+            self.value_map = {int(k): int(v) for k, v in self.value_map.items()}
+        if self.ignore_values is not None:
+            self.ignore_values = [(int(low), int(high)) for low, high in self.ignore_values]
+
+    def mask_values(self) -> dict[int, int] | None:
+        """``{stored value: class id}`` from ``value_map`` and ``ignore_values`` (None when neither is given).
+
+        Raises:
+            ConfigError: a mapped value is negative, or an ignore range spans more than 65,536 values.
+        """
+        if self.value_map is None and self.ignore_values is None:
+            return None
+        values: dict[int, int] = {}
+        for low, high in self.ignore_values or ():
+            if low < 0 or high < low or high - low > MAX_IGNORE_RANGE:
+                raise ConfigError(
+                    f"ignore range [{low}, {high}] must satisfy 0 <= low <= high and span at most "
+                    f"{MAX_IGNORE_RANGE + 1} values (masks hold 8- or 16-bit values)."
+                )
+            values.update(dict.fromkeys(range(low, high + 1), self.ignore_index))
+        for stored, class_id in (self.value_map or {}).items():
+            if stored < 0 or not (0 <= class_id < self.num_classes or class_id == self.ignore_index):
+                raise ConfigError(
+                    f"map entry {stored}: {class_id} is out of range; stored values are >= 0 and class ids "
+                    f"0..{self.num_classes - 1} (or ignore_index {self.ignore_index})."
+                )
+            values[stored] = class_id
+        return values
 
     @property
     def num_classes(self) -> int:
@@ -166,7 +215,7 @@ class ClassInfo:
         if not isinstance(raw, dict) or not isinstance(raw.get("classes"), list) or not raw["classes"]:
             raise ConfigError(f"no non-empty `classes` list; {fix}")
         ignore_index = _whole_number(raw.get("ignore_index", IGNORE_INDEX), "ignore_index")
-        names, ids, colors, ignore_color = [], [], [], None
+        names, ids, colors, ignore_color, source_ids = [], [], [], None, []
         for position, entry in enumerate(raw["classes"]):
             if isinstance(entry, str):
                 entry = {"name": entry, "id": position}
@@ -179,11 +228,22 @@ class ClassInfo:
             names.append(entry["name"])
             ids.append(class_id)
             colors.append(entry.get("color"))
+            source = entry.get("source_id")
+            source_ids.append(None if source is None else _whole_number(source, f"source_id of {entry['name']!r}"))
         given = [c is not None for c in colors]
         if any(given) and not all(given):
             missing = [n for n, c in zip(names, colors, strict=True) if c is None]
             raise ConfigError(f"classes {missing} have no color while others do; give every class a color or none.")
-        return cls(names, ids, colors if all(given) else None, ignore_index, ignore_color)
+        return cls(
+            names,
+            ids,
+            colors if all(given) else None,
+            ignore_index,
+            ignore_color,
+            source_ids if all(v is not None for v in source_ids) else None,
+            _value_map(raw.get("map")),
+            _ignore_ranges(raw.get("ignore")),
+        )
 
     @classmethod
     def find(cls, root: str | os.PathLike) -> ClassInfo | None:
@@ -246,10 +306,17 @@ class ClassInfo:
             entry: dict = {"name": name, "id": class_id}
             if self.colors is not None:
                 entry["color"] = list(self.colors[k])
+            if self.source_ids is not None:
+                entry["source_id"] = self.source_ids[k]
             entries.append(entry)
         if self.ignore_color is not None:
             entries.append({"name": "void", "id": self.ignore_index, "color": list(self.ignore_color)})
-        return {"ignore_index": self.ignore_index, "classes": entries}
+        data: dict = {"ignore_index": self.ignore_index, "classes": entries}
+        if self.value_map is not None:
+            data["map"] = dict(self.value_map)
+        if self.ignore_values is not None:
+            data["ignore"] = [[low, high] for low, high in self.ignore_values]
+        return data
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the class file (JSON if ``path`` ends in ``.json``, else YAML), atomically; return the path."""
@@ -262,10 +329,45 @@ class ClassInfo:
             lines = [f"ignore_index: {data['ignore_index']}", "classes:"]
             for entry in data["classes"]:
                 lines.append("  - " + yaml.safe_dump(entry, default_flow_style=True, sort_keys=False).strip())
+            for key in ("map", "ignore"):
+                if key in data:
+                    lines.append(f"{key}: " + yaml.safe_dump(data[key], default_flow_style=True).strip())
             text = "\n".join(lines) + "\n"
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
         return path
+
+
+def _value_map(raw: object) -> dict[int, int] | None:
+    """The class file's ``map: {stored: class id}``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"`map` is {raw!r}; give stored value -> class id, e.g. `map: {{7: 0, 8: 1}}`.")
+    return {
+        _whole_number(k, "a stored value in `map`"): _whole_number(v, f"the class id of map entry {k}")
+        for k, v in raw.items()
+    }
+
+
+def _ignore_ranges(raw: object) -> list[tuple[int, int]] | None:
+    """The class file's ``ignore: [v, [low, high], ...]`` as inclusive ranges."""
+    if raw is None:
+        return None
+    fix = "give values or inclusive [low, high] ranges, e.g. `ignore: [0, [200, 254]]`"
+    if not isinstance(raw, list):
+        raw = [raw]
+    ranges = []
+    for item in raw:
+        if isinstance(item, list) and len(item) == 2:
+            ranges.append(
+                (_whole_number(item[0], f"`ignore` entry {item}"), _whole_number(item[1], f"`ignore` entry {item}"))
+            )
+        elif isinstance(item, int) and not isinstance(item, bool):
+            ranges.append((item, item))
+        else:
+            raise ConfigError(f"`ignore` entry {item!r} is not a value or a [low, high] range; {fix}.")
+    return ranges
 
 
 def _rgb(value: object, what: str) -> RGB:

@@ -153,6 +153,10 @@ class SegmentationFolder(torch.utils.data.Dataset):
             self._mask_values = binary_mask_values(self._stored(), self._explicit_ignore, self._classes)
         return self._mask_values
 
+    @mask_values.setter
+    def mask_values(self, values: Mapping[int, int] | None) -> None:
+        self._mask_values = None if values is None else {int(k): int(v) for k, v in values.items()}
+
     @property
     def classes(self) -> ClassInfo:
         """The class list (inferred from the masks on first use when neither classes nor num_classes was given)."""
