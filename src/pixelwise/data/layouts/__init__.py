@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pixelwise.data.layouts import folder
+from pixelwise.data.layouts import ade, cityscapes, coco, cvat, folder, generic, labelstudio, voc
 from pixelwise.data.layouts.base import (
     InstanceFile,
     InstanceSource,
@@ -47,7 +47,8 @@ def register_layout(layout: Layout) -> Layout:
     return layout
 
 
-for _module in (folder,):
+# most specific first: an annotation file, a public data set's tree, then plain folders
+for _module in (coco, labelstudio, cityscapes, cvat, voc, ade, folder, generic):
     register_layout(_module.LAYOUT)
 
 

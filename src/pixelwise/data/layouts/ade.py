@@ -1,0 +1,27 @@
+"""The ``ade`` layout: ADE20K / MMSegmentation (images/ + annotations/, reduce_zero_label).
+
+Placeholder: not implemented yet; never detected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pixelwise.data.layouts.base import Layout, LayoutScan
+
+NAME = "ade"
+
+
+def detect(root: Path) -> bool:
+    return False
+
+
+def splits(root: Path) -> list[str]:
+    return []
+
+
+def scan(root: Path, split: str | None, **options: object) -> LayoutScan:
+    raise NotImplementedError(f"the {NAME} layout is not implemented yet")
+
+
+LAYOUT = Layout(NAME, "ADE20K / MMSegmentation (images/ + annotations/, reduce_zero_label)", detect, splits, scan)
