@@ -134,6 +134,14 @@ def number(value: Any) -> float:
         return math.nan
 
 
+MAX_CONFUSION_INCHES = 18
+"""Largest side of the confusion-matrix figure, in inches (at 100 dpi)."""
+MAX_ANNOTATED_CLASSES = 20
+"""Confusion matrices of at most this many classes print each cell's value."""
+SMALL_TICK_FONT = 4
+"""Tick label size of confusion matrices of more than twice ``MAX_ANNOTATED_CLASSES`` classes."""
+
+
 def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | Path) -> None:
     """Row-normalised confusion matrix (rows: truth, columns: prediction) as a PNG heat map."""
     from matplotlib.figure import Figure
@@ -141,15 +149,17 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | Path) -
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    size = max(3.5, 0.45 * len(names) + 1.5)
+    # the figure grows with the classes up to a cap: ADE20K's 150 would otherwise draw a 7000-pixel square
+    size = min(max(3.5, 0.45 * len(names) + 1.5), MAX_CONFUSION_INCHES)
     fig = Figure(figsize=(size + 1, size), dpi=100)
     ax = fig.subplots()
     im = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    fontsize = None if len(names) <= MAX_ANNOTATED_CLASSES * 2 else SMALL_TICK_FONT
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(len(names)), names, fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if len(names) <= 20:
+    if len(names) <= MAX_ANNOTATED_CLASSES:
         for i in range(len(names)):
             for j in range(len(names)):
                 value = normalised[i, j]

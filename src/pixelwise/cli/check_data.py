@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from pixelwise.cli._data import add_data_arguments
+from pixelwise.data.layouts import layouts_help
 from pixelwise.modes import IGNORE_INDEX
 
 
@@ -14,6 +15,8 @@ def add_parser(commands: Any) -> None:
     check = commands.add_parser(
         "check-data",
         help="check a data set: the layout found, unpaired, unreadable or mismatched files, class frequencies",
+        epilog=layouts_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument(
         "path",

@@ -1,8 +1,10 @@
 """``pixelwise predict``: label maps (and optionally probabilities and overlays) for image files.
 
 For each input ``<stem>.<ext>`` it writes into ``--out`` what :func:`pixelwise.inference.files.predict_file`
-writes: ``<stem>.png`` (``<stem>.tif`` for large images or more than 256 classes); with ``--save-probs``
-``<stem>_probs.npy``; with ``--overlay`` ``<stem>_overlay.png``; with ``--instances`` the objects.
+writes: ``<stem>.png`` (``<stem>.tif`` for large images, more than 256 classes, or a georeferenced
+GeoTIFF input, whose georeferencing the output keeps); with ``--save-probs`` ``<stem>_probs.npy``
+(``<stem>_probs.tif`` for a GeoTIFF); with ``--overlay`` ``<stem>_overlay.png``; with ``--instances`` the
+objects (and ``<stem>.geojson`` polygons in map coordinates for a GeoTIFF).
 Temporary files left by killed runs are removed at the start. Options, the device and ``--out`` are
 checked before the model is loaded: ``--out`` must not hold any input. An input that cannot be read
 (missing, a broken link, not a regular file, a glob or folder without images, a corrupt image, a
@@ -20,7 +22,7 @@ from typing import Any
 from pixelwise.cli import _tiling
 from pixelwise.errors import ConfigError, PixelwiseError, check_choice
 from pixelwise.inference.backends import BACKENDS
-from pixelwise.inference.files import DEFAULT_TILE_SIZE, collect_inputs, predict_file, prepare_out
+from pixelwise.inference.files import DEFAULT_TILE_SIZE, LABEL_FORMATS, collect_inputs, predict_file, prepare_out
 from pixelwise.inference.predictor import DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS
 
 
@@ -30,7 +32,18 @@ def add_parser(commands: Any) -> None:
     predict.add_argument("--model", required=True, help="run directory, save_pretrained directory or .onnx file")
     predict.add_argument("--out", required=True, help="output folder")
     _tiling.add_tiling_arguments(predict, DEFAULT_TILE_SIZE)
-    predict.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (float16 [K, H, W])")
+    predict.add_argument(
+        "--save-probs",
+        action="store_true",
+        help="also write <stem>_probs.npy (float16 [K, H, W]); <stem>_probs.tif (float32 GeoTIFF) for a GeoTIFF input",
+    )
+    predict.add_argument(
+        "--label-format",
+        choices=LABEL_FORMATS,
+        default="auto",
+        help="label file type (default auto: PNG, or TIFF for large images, >256 classes and GeoTIFF inputs, "
+        "which keep their georeferencing)",
+    )
     predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     predict.add_argument(
         "--instances",
@@ -90,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     for path in items:
         try:
             written += len(
-                predict_file(tiled, path, out, args.save_probs, args.overlay, not args.no_progress, instances)
+                predict_file(
+                    tiled, path, out, args.save_probs, args.overlay, not args.no_progress, instances, args.label_format
+                )
             )
         except (PixelwiseError, *IMAGE_READ_ERRORS) as error:
             failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))

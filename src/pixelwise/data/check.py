@@ -71,6 +71,7 @@ class DataReport:
         mask_values_from: where ``mask_values`` came from: ``"given"``, ``"layout"`` or ``"binary"``
             (found from 0/v binary masks).
         classes: the class list the masks were read with (given, or the layout's); None: inferred.
+        notes: what the layout skipped on purpose (e.g. unlabelled tasks of an export); not problems.
     """
 
     root: Path
@@ -94,6 +95,7 @@ class DataReport:
     splits: dict[str, int] = field(default_factory=dict)
     mask_values_from: str = ""
     classes: ClassInfo | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -122,6 +124,7 @@ class DataReport:
             f"{self.num_classes} classes (ignore_index {self.ignore_index})",
             f"paired as {self.pairing}",
         ]
+        lines += [f"note: {note}" for note in self.notes]
         if len(self.splits) > 1 or "" not in self.splits:
             lines.append("splits: " + ", ".join(f"{name} {n} pairs" for name, n in self.splits.items()))
         if self.mask_values and self.mask_values_from == "layout":
@@ -204,6 +207,7 @@ class DataReport:
             "mask_offset": [finite(v) for v in self.mask_offset],
             "offset_pairs": self.offset_pairs,
             "problems": [{"file": file, "message": message} for file, message in self.problems],
+            "notes": list(self.notes),
             "ok": self.ok,
         }
 
@@ -380,10 +384,7 @@ def check_dataset(
     """
     scans = _scan_splits(root, split, format, files, layout_options)
     ignore = IGNORE_INDEX if ignore_index is None else ignore_index
-    report = DataReport(root=scans[0].base if len(scans) == 1 else Path(root).expanduser(), ignore_index=ignore)
-    report.layout, report.pairing = scans[0].format, scans[0].pairing
-    report.splits = {scan.split or "": len(scan.records) for scan in scans}
-    report.problems = [problem for scan in scans for problem in scan.problems]
+    report = _layout_report(scans, Path(root).expanduser(), ignore)
     classes = report.classes = classes or scans[0].classes
     if classes is not None and num_classes is not None and classes.num_classes != num_classes:
         raise ConfigError(
@@ -415,6 +416,16 @@ def check_dataset(
     return report
 
 
+def _layout_report(scans: list[LayoutScan], root: Path, ignore: int) -> DataReport:
+    """A new report holding what the scans found: the layout, its pairing, the pairs per split, the problems."""
+    report = DataReport(root=scans[0].base if len(scans) == 1 else root, ignore_index=ignore)
+    report.layout, report.pairing = scans[0].format, scans[0].pairing
+    report.splits = {scan.split or "": len(scan.records) for scan in scans}
+    report.problems = [problem for scan in scans for problem in scan.problems]
+    report.notes = [note for scan in scans for note in scan.notes]
+    return report
+
+
 def _scan_splits(
     root: str | os.PathLike,
     split: str | None,
@@ -423,7 +434,7 @@ def _scan_splits(
     options: Mapping[str, Any] | None,
 ) -> list[LayoutScan]:
     """The scan of ``split``; with ``split`` None, one scan per split of a split data set."""
-    splits = get_layout(root, format).splits(Path(root).expanduser()) if split is None else []
+    splits = get_layout(root, format).splits(Path(root).expanduser(), **dict(options or {})) if split is None else []
     return [open_layout(root, name, format, files, options) for name in (splits or [split])]
 
 

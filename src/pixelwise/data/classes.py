@@ -344,9 +344,11 @@ def _value_map(raw: object) -> dict[int, int] | None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError(f"`map` is {raw!r}; give stored value -> class id, e.g. `map: {{7: 0, 8: 1}}`.")
+    # JSON keys are always text: "7" is the stored value 7
+    digits = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in raw.items()}
     return {
         _whole_number(k, "a stored value in `map`"): _whole_number(v, f"the class id of map entry {k}")
-        for k, v in raw.items()
+        for k, v in digits.items()
     }
 
 

@@ -7,6 +7,14 @@ palette PNG of class ids coloured like the model's classes (``<stem>.tif`` for i
 optionally ``<stem>_probs.npy`` (``float16 [K, H, W]``) and ``<stem>_overlay.png``. Every file is
 written under a temporary name and renamed. Inputs are examined with ``stat`` only, so a named pipe
 is reported, never opened. ``pixelwise predict`` (:mod:`pixelwise.cli.predict`) is built on these.
+
+GeoTIFF inputs (:mod:`pixelwise.data.geotiff`): with ``label_format="auto"`` the labels are written as
+``<stem>.tif``, a GeoTIFF with the input's georeferencing tags (and the class colours as its colour map), and
+``--save-probs`` writes ``<stem>_probs.tif`` (``float32``, one band per class, same georeferencing) instead of
+the ``.npy``, so that a GIS opens both on the map at the input's place. The user's choice is kept:
+``label_format="png"`` writes the PNG anyway, and a one-line warning (once per run) says that it has no map
+position. Pixels equal to the input's nodata value are labelled 255 (the ignore id, the label TIFF's
+``GDAL_NODATA``), get NaN probabilities (see :mod:`pixelwise.inference.stream`) and hold no objects.
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ GLOB_CHARACTERS = "*?["
 """An input holding one of these that is not an existing path is a glob pattern."""
 DEFAULT_TILE_SIZE = 512
 """Tile side in pixels for folder prediction (``pixelwise predict --tile``); 0 predicts whole images."""
+LABEL_FORMATS = ("auto", "png", "tif")
+"""Label map formats: ``auto`` = a palette PNG, or a TIFF for GeoTIFF inputs and more than 256 classes."""
+PNG_LOSES_GEOREFERENCE = (
+    "PNG label maps of GeoTIFF inputs have no map position (PNG holds no georeferencing); "
+    "use label_format 'auto' or 'tif' to write GeoTIFF labels."
+)
+COLORMAP_SCALE = 257
+"""8-bit colour → the 16-bit value of a TIFF colour map (255 → 65535)."""
 
 InstanceWriter = Callable[..., list[Path]]
 """Writes the objects of one image: called as ``writer(out, stem, probabilities, image=..., class_names=...,
@@ -194,15 +210,30 @@ def _read_finite(path: Path) -> Any:
     Raises:
         DataError: unreadable, or holding non-finite pixels (names the file and how many).
     """
-    from pixelwise.data import read_image_array
+    return _read_input(path)[0]
+
+
+def _read_input(path: Path) -> tuple[Any, Any]:
+    """The image as ``[C, H, W]`` in its stored dtype, and its nodata pixels (``bool [H, W]`` or None);
+    NaN nodata pixels are replaced by zeros, other NaN and ±inf pixels refused.
+
+    Raises:
+        DataError: unreadable, or holding non-finite pixels (names the file and how many).
+    """
+    import numpy as np
+
+    from pixelwise.data.geotiff import read_image_with_nodata
     from pixelwise.errors import DataError
     from pixelwise.inference.predictor import nonfinite_message, nonfinite_pixels
+    from pixelwise.inference.stream import NAN_NODATA_FILL
 
-    image = read_image_array(path)
+    image, nodata = read_image_with_nodata(path)
+    if nodata is not None and image.dtype.kind == "f":  # a NaN nodata value would fail the check below
+        image = np.where(nodata & np.isnan(image), np.asarray(NAN_NODATA_FILL, image.dtype), image)
     count = nonfinite_pixels(image)
     if count:
         raise DataError(nonfinite_message(f"image {str(path)!r}", count))
-    return image
+    return image, nodata
 
 
 def _check_input_file(path: Path, out: Path) -> None:
@@ -234,6 +265,67 @@ def _save_png_labels(labels: Any, palette: list[int], path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
+def _save_labels(labels: Any, stem: Path, palette: list[int], geo: Any, nodata: int | None, label_format: str) -> Path:
+    """Write the label map as ``stem.png`` or ``stem.tif`` (module notes); return the path written.
+
+    ``geo``: the input's :class:`~pixelwise.data.geotiff.GeoReference` or None; ``nodata``: the label of nodata
+    pixels, written as ``GDAL_NODATA`` (None: no tag).
+    """
+    import warnings
+
+    import numpy as np
+    import tifffile
+
+    from pixelwise.data.geotiff import geotiff_extratags
+    from pixelwise.io import atomic_path
+
+    if labels.dtype == np.uint8 and (label_format == "png" or (label_format == "auto" and geo is None)):
+        if geo is not None:
+            warnings.warn(PNG_LOSES_GEOREFERENCE, UserWarning, stacklevel=3)  # constant text: shown once per run
+        _save_png_labels(labels, palette, stem.with_suffix(".png"))
+        return stem.with_suffix(".png")
+    colors = {}
+    if labels.dtype == np.uint8:  # the class colours, for GIS and image viewers alike
+        colormap = np.asarray(palette, np.uint16).reshape(-1, 3).T * COLORMAP_SCALE
+        colors = {"photometric": "palette", "colormap": colormap}
+    with atomic_path(stem.with_suffix(".tif")) as tmp:
+        tifffile.imwrite(tmp, labels, compression="zlib", extratags=geotiff_extratags(geo, nodata), **colors)
+    return stem.with_suffix(".tif")
+
+
+def _save_probs(probabilities: Any, path: Path, geo: Any, nodata: Any) -> None:
+    """``.npy``: ``float16 [K, H, W]``; ``.tif``: a float32 GeoTIFF, NaN at the ``nodata`` pixels."""
+    import math
+
+    import numpy as np
+
+    from pixelwise.data.geotiff import geotiff_extratags
+    from pixelwise.inference.stream import OUTPUT_TILE, PROBS_DTYPE, write_tiff
+    from pixelwise.io import atomic_path
+
+    if path.suffix == ".npy":
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
+            np.save(file, probabilities.astype(np.float16))
+        return
+    probs = probabilities.astype(PROBS_DTYPE)
+    if nodata is not None:
+        probs[:, nodata] = np.nan
+    tags = geotiff_extratags(geo, math.nan if nodata is not None else None)
+    with atomic_path(path) as tmp:
+        write_tiff(tmp, probs, probs.shape, PROBS_DTYPE, OUTPUT_TILE, "zlib", tags)
+
+
+def _background_at(probabilities: Any, nodata: Any) -> Any:
+    """``probabilities`` with the ``nodata`` pixels certain background (class 0), so that they hold no objects."""
+    if nodata is None or not nodata.any():
+        return probabilities
+    probs = probabilities.copy()
+    probs[:, nodata] = 0
+    if probs.shape[0] > 1:  # a binary model's one channel is the foreground
+        probs[0, nodata] = 1
+    return probs
+
+
 def predict_file(
     predictor: Any,
     path: Path,
@@ -242,61 +334,83 @@ def predict_file(
     overlay: bool = False,
     progress: bool = False,
     instances: InstanceWriter | None = None,
+    label_format: str = "auto",
 ) -> list[Path]:
     """Predict one image file into ``out``; return the files written (``progress``: a tile bar for large images;
-    ``instances``: also write the image's objects with it, see :data:`InstanceWriter`).
+    ``instances``: also write the image's objects with it, see :data:`InstanceWriter`; ``label_format``: one
+    of :data:`LABEL_FORMATS`, see the module notes on GeoTIFF inputs).
 
     Raises:
-        DataError: ``path`` is not a regular file, not a readable image, or holds NaN / infinite pixels.
-        ConfigError: ``out`` is the folder of ``path`` (its outputs could replace it).
+        DataError: ``path`` is not a regular file, not a readable image, holds NaN / infinite pixels, or has
+            malformed geo tags.
+        ConfigError: ``out`` is the folder of ``path`` (its outputs could replace it); unknown ``label_format``.
     """
-    import numpy as np
-    import tifffile
+    from pixelwise.data.geotiff import read_georeference
+    from pixelwise.errors import check_choice
 
+    check_choice("label_format", label_format, LABEL_FORMATS)
+    _check_input_file(path, out)
+    height, width = _image_size(path)
+    geo = read_georeference(path)
+    probs_path = out / f"{path.stem}_probs{'.tif' if geo else '.npy'}" if save_probs else None
+    if height * width > LARGE_IMAGE_PIXELS:
+        return _predict_large(predictor, path, out / f"{path.stem}.tif", probs_path, progress)
+    image, nodata = _read_input(path)  # [C, H, W]
+    return _predict_image(predictor, image, nodata, geo, out / path.stem, probs_path, overlay, instances, label_format)
+
+
+def _predict_image(
+    predictor: Any,
+    image: Any,
+    nodata: Any,
+    geo: Any,
+    stem: Path,
+    probs_path: Path | None,
+    overlay: bool,
+    instances: InstanceWriter | None,
+    label_format: str,
+) -> list[Path]:
+    """:func:`predict_file` for an image read whole: ``[C, H, W]`` as stored, finite."""
     from pixelwise.data import ClassInfo
     from pixelwise.data.readers import scale_image
     from pixelwise.inference import labels_from_scores
+    from pixelwise.inference.stream import label_nodata
     from pixelwise.inference.tiling import ArraySource
-    from pixelwise.io import atomic_path
     from pixelwise.viz import overlay as draw_overlay
     from pixelwise.viz import save_png
 
-    _check_input_file(path, out)
-    height, width = _image_size(path)
-    probs_path = out / f"{path.stem}_probs.npy" if save_probs else None
-    if height * width > LARGE_IMAGE_PIXELS:
-        return _predict_large(predictor, path, out / f"{path.stem}.tif", probs_path, progress)
-    image = _read_finite(path)  # [C, H, W]
-    array = np.moveaxis(image, 0, -1)  # [H, W, C], a view: no copy
     probabilities = predictor.predict(ArraySource(image))  # checked above: no second NaN pass
     labels = labels_from_scores(probabilities)
     classes = predictor.classes or ClassInfo.default(max(probabilities.shape[0], 2))
-    written = []
-    if labels.dtype == np.uint8:
-        written.append(out / f"{path.stem}.png")
-        _save_png_labels(labels, classes.palette(), written[-1])
-    else:  # more than 256 classes do not fit a palette PNG
-        written.append(out / f"{path.stem}.tif")
-        with atomic_path(written[-1]) as tmp:
-            tifffile.imwrite(tmp, labels, compression="zlib")
+    label = None if nodata is None else label_nodata(probabilities.shape[0], labels.dtype)
+    if label is not None:
+        labels[nodata] = label
+    written = [_save_labels(labels, stem, classes.palette(), geo, label, label_format)]
     if probs_path is not None:
-        with atomic_path(probs_path) as tmp, open(tmp, "wb") as file:
-            np.save(file, probabilities.astype(np.float16))
+        _save_probs(probabilities, probs_path, geo, nodata)
         written.append(probs_path)
+    picture = scale_image(image) if overlay else None
     if overlay:
-        written.append(out / f"{path.stem}_overlay.png")
-        save_png(draw_overlay(scale_image(np.moveaxis(array, -1, 0)), labels, classes.color_array()), written[-1])
-    if instances is not None:
-        image = scale_image(np.moveaxis(array, -1, 0)) if overlay else None  # redraws the overlay with objects
+        written.append(stem.with_name(f"{stem.name}_overlay.png"))
+        save_png(draw_overlay(picture, labels, classes.color_array()), written[-1])
+    if instances is not None:  # redraws the overlay with objects
+        extra = {} if geo is None else {"geo": geo}
         found = instances(
-            out, path.stem, probabilities, image=image, class_names=classes.names, palette=classes.color_array()
+            stem.parent,
+            stem.name,
+            _background_at(probabilities, nodata),
+            image=picture,
+            class_names=classes.names,
+            palette=classes.color_array(),
+            **extra,
         )
         written += [p for p in found if p not in written]
     return written
 
 
 def _predict_large(predictor: Any, path: Path, target: Path, probs_path: Path | None, progress: bool) -> list[Path]:
-    """Band-by-band prediction into a tiled TIFF: TIFF inputs are streamed, others read whole first.
+    """Band-by-band prediction into a tiled TIFF: TIFF inputs are streamed (GeoTIFF tags kept), others read
+    whole first.
 
     No overlay: it would need the whole image in memory.
     """

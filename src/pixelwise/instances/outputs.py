@@ -6,6 +6,17 @@ Files, for an image with stem ``NAME`` in the output folder: ``NAME_instances.pn
 "objects": [...]}``, one :func:`~pixelwise.instances.objects` record per object with a COCO
 ``segmentation``), and ``NAME_outlines.png`` or, in ``pixelwise predict``, outlines and ids drawn on
 ``NAME_overlay.png``.
+
+GeoTIFF inputs (``geo``: a :class:`~pixelwise.data.geotiff.GeoReference` with an affine transform) also get
+``NAME.geojson``: a FeatureCollection with one feature per object, properties ``{id, class, class_name,
+area_px}``, geometry a Polygon (MultiPolygon when the object's pixels touch only at corners) traced along the
+pixel *edges* (:func:`mask_polygons`, like ``rasterio.features.shapes``): the polygon covers exactly the object's
+pixels, holes are inner rings, and pixel ``(row, col)`` is the square ``[col, col + 1] × [row, row + 1]`` in
+pixel space before the transform maps it to map coordinates. Outer rings are counter-clockwise on the map
+(RFC 7946's right-hand rule, for north-up rasters). RFC 7946 makes GeoJSON WGS 84 only; we keep the raster's
+CRS (reprojecting would need a projection library and would move the pixel edges) and name it in the legacy
+``crs`` member (``urn:ogc:def:crs:EPSG::<code>``, as GDAL writes it), which QGIS and GDAL read; it is left out
+when the CRS has no EPSG code.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import numpy as np
 import torch
 
 from pixelwise.bundle import PREPROCESSING_DEFAULTS, PREPROCESSING_NAME, Preprocessing, read_preprocessing
+from pixelwise.data.geotiff import GeoReference, pixel_to_map
 from pixelwise.errors import unknown_name
 from pixelwise.instances.objects import ENCODINGS, encode_polygons, encode_rle, has_pycocotools, objects
 from pixelwise.instances.postprocess import class_map, semantic_probs, to_instances
@@ -31,6 +43,12 @@ OUTLINE_ALPHA = 0.35
 UINT16_LIMIT = 65535
 GOLDEN_ANGLE = 0.618033988749895
 """Hue step between consecutive object ids (fractions of a turn): neighbours get distant colours."""
+GEOJSON_CRS = "urn:ogc:def:crs:EPSG::{}"
+"""The legacy GeoJSON ``crs`` name of an EPSG code, as GDAL writes it."""
+TURN_ORDER = ((0, 1), (1, 0), (0, -1))
+"""Preferred next edge at a pixel corner, as (dx, dy) turned from the current direction: right, straight,
+left (screen coordinates, y down). Turning right first hugs the current pixel, so pixels touching only at a
+corner get separate rings."""
 
 
 def _color(label: int) -> np.ndarray:
@@ -91,40 +109,140 @@ def save_labels(labels: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_instance_outputs(
-    out_dir: str | os.PathLike,
-    name: str,
-    labels: np.ndarray,
-    probs: np.ndarray | torch.Tensor | None = None,
-    image: np.ndarray | None = None,
-    class_names: Sequence[str] | None = None,
-    encoding: str = "auto",
-) -> dict[str, Path]:
-    """Write one image's instances: ``NAME_instances.png``, ``NAME_objects.json`` and, given ``image``,
-    ``NAME_outlines.png`` (:func:`draw_instances`) into ``out_dir``.
+def _boundary_edges(mask: np.ndarray) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Directed pixel edges between ``mask`` and the outside, interior on the right (screen coordinates):
+    start corner ``(x, y)`` → end corners."""
+    padded = np.pad(mask, 1)
+    inside = padded[1:-1, 1:-1]
+    edges: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    # (neighbour offset (dy, dx), edge start and end as offsets from the pixel's top-left corner (x, y))
+    sides = (((-1, 0), (0, 0), (1, 0)), ((0, 1), (1, 0), (1, 1)), ((1, 0), (1, 1), (0, 1)), ((0, -1), (0, 1), (0, 0)))
+    height, width = mask.shape
+    for (dy, dx), (sx, sy), (ex, ey) in sides:
+        outside = ~padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        for row, col in zip(*np.nonzero(inside & outside), strict=True):
+            edges.setdefault((int(col) + sx, int(row) + sy), []).append((int(col) + ex, int(row) + ey))
+    return edges
 
-    Args:
-        out_dir: output folder (created if missing).
-        name: file stem.
-        labels, probs, class_names: as :func:`~pixelwise.instances.objects` (``probs`` of the data's classes).
-        image: the input image, for the outline picture.
-        encoding: ``"rle"`` (COCO compressed RLE; needs pycocotools), ``"polygon"``, ``"none"``, or
-            ``"auto"`` (RLE where pycocotools is installed, else polygons).
 
-    Returns:
-        ``{"labels": path, "objects": path[, "outlines": path]}``.
+def _trace_rings(edges: dict[tuple[int, int], list[tuple[int, int]]]) -> list[list[tuple[int, int]]]:
+    """Link directed edges into closed rings: the corners where the direction changes, starting at the top-left
+    corner (smallest y, then x), not repeated at the end."""
+    rings = []
+    while edges:
+        start = next(iter(edges))
+        first_end = edges[start][0]
+        ring, corner, direction = [], start, None
+        while True:
+            ends = edges[corner]
+            end = first_end if direction is None else _turn(corner, direction, ends)
+            ends.remove(end)
+            if not ends:
+                del edges[corner]
+            step = _unit(corner, end)
+            if step != direction:
+                ring.append(corner)
+            corner, direction = end, step
+            if corner == start and _turn(start, direction, [*edges.get(start, []), first_end]) == first_end:
+                break
+        if direction == _unit(ring[0], ring[1]):  # the start lies inside a straight run: not a corner
+            ring = ring[1:]
+        top = min(range(len(ring)), key=lambda k: (ring[k][1], ring[k][0]))
+        rings.append(ring[top:] + ring[:top])
+    return rings
+
+
+def _unit(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return (int(np.sign(b[0] - a[0])), int(np.sign(b[1] - a[1])))
+
+
+def _turn(corner: tuple[int, int], direction: tuple[int, int], ends: list[tuple[int, int]]) -> tuple[int, int]:
+    """The end to take at a corner with two outgoing edges (see :data:`TURN_ORDER`)."""
+    dx, dy = direction
+    for right, ahead in TURN_ORDER:
+        step = (ahead * dx - right * dy, ahead * dy + right * dx)
+        end = (corner[0] + step[0], corner[1] + step[1])
+        if end in ends:
+            return end
+    return ends[0]
+
+
+def _ring_area(ring: list[tuple[int, int]]) -> float:
+    """Shoelace area in screen coordinates: positive for outer rings, negative for holes."""
+    xs, ys = np.array(ring, np.float64).T
+    return 0.5 * float(np.sum(xs * np.roll(ys, -1) - np.roll(xs, -1) * ys))
+
+
+def _inside(point: tuple[float, float], ring: list[tuple[int, int]]) -> bool:
+    """Even-odd test of a point that lies on no edge (a pixel centre)."""
+    xs, ys = np.array(ring, np.float64).T
+    x2, y2 = np.roll(xs, -1), np.roll(ys, -1)
+    crosses = (ys > point[1]) != (y2 > point[1])
+    at = xs + (point[1] - ys) * (x2 - xs) / np.where(y2 == ys, 1, y2 - ys)
+    return bool(np.sum(crosses & (point[0] < at)) % 2)
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[list[tuple[int, int]]]]:
+    """The polygons covering exactly the ``True`` pixels of ``mask``, traced along pixel edges: each a list of
+    rings, the outer ring first, then its holes; a ring is its corners ``(x, y)`` in pixel space (pixel
+    ``(row, col)`` covers ``[col, col + 1] × [row, row + 1]``), not repeated at the end. Outer rings run
+    clockwise on screen (y down), holes the other way; pixels touching only at a corner are separate polygons.
+
+    Shape:
+        ``mask``: bool ``[H, W]``.
+    """
+    rings = _trace_rings(_boundary_edges(np.asarray(mask, bool)))
+    outers = sorted((r for r in rings if _ring_area(r) > 0), key=_ring_area)  # smallest first: innermost
+    polygons = {id(outer): [outer] for outer in outers}
+    for hole in (r for r in rings if _ring_area(r) < 0):
+        (dx, dy), (x0, y0) = _unit(hole[0], hole[1]), hole[0]
+        # the centre of the pixel left of the hole's first edge (the object lies right of it): inside the hole
+        probe = (x0 + 0.5 * (dx + dy), y0 + 0.5 * (dy - dx))
+        owner = next((outer for outer in outers if _inside(probe, outer)), outers[-1])
+        polygons[id(owner)].append(hole)
+    return [polygons[id(outer)] for outer in sorted(outers, key=lambda ring: (ring[0][1], ring[0][0]))]
+
+
+def geojson_geometry(mask: np.ndarray, geo: GeoReference, offset: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """GeoJSON Polygon (or MultiPolygon) of ``mask``'s pixels in ``geo``'s map coordinates; ``offset``:
+    ``(row, col)`` of ``mask``'s top-left pixel in the georeferenced image (for a crop).
 
     Raises:
-        ConfigError: unknown encoding.
-        ImportError: ``encoding="rle"`` without pycocotools.
+        DataError: ``geo`` has no affine transform.
     """
-    if encoding not in ENCODINGS:
-        raise unknown_name("mask encoding", encoding, ENCODINGS)
-    if encoding == "auto":
-        encoding = "rle" if has_pycocotools() else "polygon"
-    out = Path(out_dir)
-    labels = np.asarray(labels)
-    records = objects(labels, probs, class_names=class_names)
+    a, b, _, d, e, _ = geo.transform or (1, 0, 0, 0, 1, 0)  # pixel_to_map refuses a missing transform
+    flips = a * e - b * d < 0  # north-up: y turns round, so screen-clockwise rings are clockwise on the map
+    polygons = []
+    for rings in mask_polygons(mask):
+        polygon = []
+        for ring in rings:
+            ring = [ring[0], *ring[:0:-1]] if flips else ring  # outer rings counter-clockwise (RFC 7946)
+            cols, rows = np.array([*ring, ring[0]], np.float64).T  # closed: first corner repeated
+            xs, ys = pixel_to_map(geo, rows + offset[0], cols + offset[1])
+            polygon.append([[float(x), float(y)] for x, y in zip(xs, ys, strict=True)])
+        polygons.append(polygon)
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
+def geojson_objects(labels: np.ndarray, records: list[dict[str, Any]], geo: GeoReference, name: str) -> dict:
+    """A FeatureCollection of the objects of ``labels`` (``records``: :func:`objects` of them) in map coordinates."""
+    features = []
+    for record in records:
+        y0, x0, y1, x1 = record["bbox"]
+        geometry = geojson_geometry(labels[y0:y1, x0:x1] == record["id"], geo, (y0, x0))
+        properties = {"id": record["id"], "class": record["class"], "class_name": record.get("class_name")}
+        properties["area_px"] = record["area"]
+        features.append({"type": "Feature", "id": record["id"], "geometry": geometry, "properties": properties})
+    document: dict[str, Any] = {"type": "FeatureCollection", "name": name}
+    if geo.epsg is not None:
+        document["crs"] = {"type": "name", "properties": {"name": GEOJSON_CRS.format(geo.epsg)}}
+    return document | {"features": features}
+
+
+def _add_segmentations(records: list[dict[str, Any]], labels: np.ndarray, encoding: str) -> None:
+    """Give each record its mask as a COCO ``segmentation`` (``encoding``: rle, polygon or none)."""
     for record in records:
         if encoding == "none":
             continue
@@ -139,6 +257,46 @@ def write_instance_outputs(
             record["segmentation"] = [
                 [round(v + offset[i % 2], 2) for i, v in enumerate(poly)] for poly in encode_polygons(crop)
             ]
+
+
+def write_instance_outputs(
+    out_dir: str | os.PathLike,
+    name: str,
+    labels: np.ndarray,
+    probs: np.ndarray | torch.Tensor | None = None,
+    image: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    encoding: str = "auto",
+    geo: GeoReference | None = None,
+) -> dict[str, Path]:
+    """Write one image's instances: ``NAME_instances.png``, ``NAME_objects.json``, given ``image``
+    ``NAME_outlines.png`` (:func:`draw_instances`) and, given ``geo`` with an affine transform,
+    ``NAME.geojson`` (:func:`geojson_objects`) into ``out_dir``.
+
+    Args:
+        out_dir: output folder (created if missing).
+        name: file stem.
+        labels, probs, class_names: as :func:`~pixelwise.instances.objects` (``probs`` of the data's classes).
+        image: the input image, for the outline picture.
+        encoding: ``"rle"`` (COCO compressed RLE; needs pycocotools), ``"polygon"``, ``"none"``, or
+            ``"auto"`` (RLE where pycocotools is installed, else polygons).
+        geo: the georeferencing of the input image (:func:`~pixelwise.data.geotiff.read_georeference`).
+
+    Returns:
+        ``{"labels": path, "objects": path[, "outlines": path][, "geojson": path]}``.
+
+    Raises:
+        ConfigError: unknown encoding.
+        ImportError: ``encoding="rle"`` without pycocotools.
+    """
+    if encoding not in ENCODINGS:
+        raise unknown_name("mask encoding", encoding, ENCODINGS)
+    if encoding == "auto":
+        encoding = "rle" if has_pycocotools() else "polygon"
+    out = Path(out_dir)
+    labels = np.asarray(labels)
+    records = objects(labels, probs, class_names=class_names)
+    _add_segmentations(records, labels, encoding)
     paths = {"labels": save_labels(labels, out / f"{name}_instances.png")}
     document = {"image": name, "height": int(labels.shape[0]), "width": int(labels.shape[1])}
     document |= {"encoding": encoding, "objects": records}
@@ -150,6 +308,10 @@ def write_instance_outputs(
 
         paths["outlines"] = out / f"{name}_outlines.png"
         save_png(draw_instances(image, labels), paths["outlines"])
+    if geo is not None and geo.transform is not None:  # ground control points give no map coordinates
+        paths["geojson"] = out / f"{name}.geojson"
+        with atomic_path(paths["geojson"]) as tmp:
+            tmp.write_text(json.dumps(geojson_objects(labels, records, geo, name)) + "\n")
     return paths
 
 
@@ -178,6 +340,7 @@ def write_prediction_instances(
     class_names: Sequence[str] | None = None,
     palette: np.ndarray | None = None,
     method: str = "auto",
+    geo: GeoReference | None = None,
 ) -> list[Path]:
     """What ``pixelwise predict --instances`` writes for one image: the instance labels and objects of its
     probabilities (post-processing as :func:`~pixelwise.instances.default_method` suits the model's
@@ -193,6 +356,7 @@ def write_prediction_instances(
         class_names: names of the model's classes (a boundary-target model's objects are "object").
         palette: ``[K, 3]`` uint8 class colours of the overlay; None: :func:`pixelwise.viz.default_palette`.
         method: ``auto``, ``components`` or ``watershed``.
+        geo: the input's georeferencing: also write ``NAME.geojson`` (see :func:`write_instance_outputs`).
 
     Returns:
         The files written.
@@ -209,7 +373,7 @@ def write_prediction_instances(
     )
     probs = semantic_probs(probabilities, target)
     names = ["background", "object"] if target == "boundary" else class_names
-    written = list(write_instance_outputs(out_dir, name, labels, probs, class_names=names).values())
+    written = list(write_instance_outputs(out_dir, name, labels, probs, class_names=names, geo=geo).values())
     if image is not None:
         classes = class_map(probs)
         colors = palette if palette is not None and target != "boundary" else default_palette(probs.shape[0])

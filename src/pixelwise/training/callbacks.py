@@ -220,7 +220,8 @@ class TimeBudget(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._validated_epoch != trainer.current_epoch:  # ModelCheckpoint saves only after validation
-            trainer.save_checkpoint(self.last_checkpoint)
+            # the whole training state (optimiser, loops, callbacks): last.ckpt is what --resume continues from
+            trainer.save_checkpoint(self.last_checkpoint, weights_only=False)
 
     def validated(self, epoch: int) -> bool:
         """Whether ``epoch`` ended with a validation pass."""

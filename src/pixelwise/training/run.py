@@ -116,7 +116,8 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> tuple[Path, dict[s
     )
     train_report.raise_if_bad()
     config.ignore_index, config.mask_values = train_report.ignore_index, train_report.mask_values
-    for stored, class_id in config.mask_values.items():
+    binary = train_report.mask_values_from == "binary"  # a layout's own value table needs no note
+    for stored, class_id in config.mask_values.items() if binary else ():
         rank_zero_info(
             f"note: the masks hold only 0 and {stored}: {stored} is read as class {class_id} (binary masks); "
             f"pass --ignore-index {stored} if it marks pixels to ignore instead."

@@ -29,6 +29,7 @@ from pixelwise.data.layouts.base import (
     resolve_split,
     select_stems,
 )
+from pixelwise.data.readers import IMAGE_SUFFIXES
 from pixelwise.errors import DataError, unknown_name
 
 LAYOUTS: dict[str, Layout] = {}
@@ -112,7 +113,8 @@ def open_layout(
     """
     root = Path(root).expanduser()
     layout = get_layout(root, format)
-    available = layout.splits(root)
+    options = dict(options or {})
+    available = layout.splits(root, **options)
     if split is None and available:
         example = resolve_split_or_none("train", available) or available[0]
         raise DataError(
@@ -126,7 +128,7 @@ def open_layout(
                 "split out, or divide its files into splits (train/ and val/ folders, or split lists)."
             )
         split = resolve_split(split, available, root)
-    scan = layout.scan(root, split, **dict(options or {}))
+    scan = layout.scan(root, split, **options)
     return _select(scan, files) if files is not None else scan
 
 
@@ -146,16 +148,27 @@ def _select(scan: LayoutScan, files: str | Sequence[str]) -> LayoutScan:
             "give a glob over file names without suffix, e.g. '2[0-4]' or ['20', '21']."
         )
     scan.records = [r for r in scan.records if r.name in keep]
-    selected = select_stems((Path(file).stem for file, _ in scan.problems), files)
-    scan.problems = [(file, message) for file, message in scan.problems if Path(file).stem in selected]
+    scan.problems = [(file, message) for file, message in scan.problems if _concerns_selection(file, files, keep)]
     return scan
 
 
-def layout_options_help() -> str:
-    """The options of every layout that takes any, one per line, for ``--help``."""
-    lines = []
+def _concerns_selection(file: str, files: str | Sequence[str], keep: set[str]) -> bool:
+    """Whether a problem about ``file`` still matters once ``files`` selects the records named ``keep``:
+    a problem about an image or mask file only when its name is selected (``NAME.png``, or
+    ``NAME_leftImg8bit.png`` for a record ``NAME``); a problem about anything else (an annotation
+    file, a split list) always."""
+    path = Path(file)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return True
+    return bool(select_stems([path.stem], files)) or any(path.stem.startswith(f"{name}_") for name in keep)
+
+
+def layouts_help() -> str:
+    """Every layout with its summary and options, for ``pixelwise check-data --help``."""
+    lines = ["layouts (detected in this order; --format NAME forces one, --data-options sets its options):"]
     for layout in LAYOUTS.values():
-        lines += [f"{layout.name}.{name}: {doc}" for name, doc in layout.options.items()]
+        lines.append(f"  {layout.name}: {layout.summary}")
+        lines += [f"      {name}: {doc}" for name, doc in layout.options.items()]
     return "\n".join(lines)
 
 

@@ -111,6 +111,8 @@ class LayoutScan:
         problems: ``(file, message)`` per pairing problem (an image without a mask, a mask
             without an image, a duplicate name, an annotation naming a missing image).
         has_instances: the layout gives instance labels (every record has ``instances``).
+        notes: what the layout skipped on purpose and the user should know (unlabelled tasks of a
+            labelling-tool export, ...); unlike problems, notes do not stop training.
     """
 
     format: str
@@ -123,6 +125,7 @@ class LayoutScan:
     pairing: str = ""
     problems: list[tuple[str, str]] = field(default_factory=list)
     has_instances: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,8 @@ class Layout:
         name: what ``--format`` takes.
         summary: one line for ``pixelwise check-data --help`` and the errors.
         detect: ``detect(root)`` → True when ``root`` (a folder or a file) looks like this layout.
-        splits: ``splits(root)`` → the split names the data set holds (``[]``: unsplit).
+        splits: ``splits(root, **options)`` → the split names the data set holds (``[]``: unsplit);
+            it takes the same options as ``scan`` (and ignores those it does not need).
         scan: ``scan(root, split, **options)`` → a :class:`LayoutScan`; ``split`` is one of
             ``splits(root)`` or None for an unsplit data set. Raises DataError when the data set is
             unusable (a folder missing, no images), ConfigError for an unknown option.
@@ -143,7 +147,7 @@ class Layout:
     name: str
     summary: str
     detect: Callable[[Path], bool]
-    splits: Callable[[Path], list[str]]
+    splits: Callable[..., list[str]]
     scan: Callable[..., LayoutScan]
     options: Mapping[str, str] = field(default_factory=dict)
 
@@ -154,7 +158,8 @@ SPLIT_ALIASES = {
     "test": ("test", "testing"),
 }
 """Split names that mean the same split in different data sets (Pascal VOC's ``val``, ADE20K's
-``validation``); a name followed by digits (COCO's ``val2017``) matches too."""
+``validation``): any name of a group finds any other; a name followed by digits (COCO's ``val2017``)
+matches too."""
 
 
 def resolve_split(requested: str, available: Sequence[str], where: Path) -> str:
@@ -166,7 +171,8 @@ def resolve_split(requested: str, available: Sequence[str], where: Path) -> str:
     """
     if requested in available:
         return requested
-    names = SPLIT_ALIASES.get(requested.lower(), (requested.lower(),))
+    group = [names for names in SPLIT_ALIASES.values() if requested.lower() in names]
+    names = group[0] if group else (requested.lower(),)
     pattern = re.compile(rf"({'|'.join(map(re.escape, names))})[-_]?\d*", re.IGNORECASE)
     matches = [s for s in available if pattern.fullmatch(s)]
     if len(matches) == 1:

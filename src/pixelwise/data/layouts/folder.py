@@ -24,7 +24,7 @@ NAME = "folder"
 PAIRING = "images/NAME.* ↔ masks/NAME.* (same file stem)"
 
 
-def splits(root: Path) -> list[str]:
+def splits(root: Path, **options: object) -> list[str]:
     """The split sub-folders (those holding ``images/``); none when ``root`` holds ``images/`` itself."""
     if not root.is_dir() or (root / "images").is_dir():
         return []
@@ -82,7 +82,9 @@ def scan(root: Path, split: str | None, **options: object) -> LayoutScan:
         if s in masks
     ]
     pairing = PAIRING + (", instances/NAME.* as instance labels" if has_instances else "")
-    return LayoutScan(NAME, root, base, split, records, ClassInfo.find(base), None, pairing, problems, has_instances)
+    classes = ClassInfo.find(base)
+    mask_values = classes.mask_values() if classes is not None else None  # the class file's map and ignore ranges
+    return LayoutScan(NAME, root, base, split, records, classes, mask_values, pairing, problems, has_instances)
 
 
 LAYOUT = Layout(
