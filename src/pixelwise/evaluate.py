@@ -130,7 +130,8 @@ def evaluate(
     background / object.
 
     ``data`` may be any layout of :mod:`pixelwise.data.layouts` (detected, or named by ``format``,
-    with ``layout_options``), as for :class:`~pixelwise.data.SegmentationFolder`.
+    with ``layout_options``), as for :class:`~pixelwise.data.SegmentationFolder`; when neither is given
+    and ``data`` is the run's training data, they are the run's ``data_format`` and ``data_options``.
 
     Raises:
         ConfigError: an unknown option, or images whose channels differ from the model's.
@@ -141,6 +142,8 @@ def evaluate(
     loaded = load_model(model_path)
     ignore = loaded.classes.ignore_index if ignore_index is None else ignore_index
     layout = {"format": format, "layout_options": layout_options}
+    if format is None and layout_options is None:  # the training data again: read it as training did
+        layout = _training_layout(loaded.run_dir, data)
     dataset = _dataset(loaded, data, split, ignore_index, ignore, files, instances, layout)
     boundary = loaded.target == "boundary"
     classes = _object_classes(dataset.classes, ignore) if boundary else loaded.classes
@@ -302,6 +305,15 @@ def _write_gallery(dataset, per_image, classes, out: Path, size: int) -> list[di
 
 def _run_file(run_dir: Path | None, name: str) -> Path | None:
     return run_dir / name if run_dir is not None and (run_dir / name).is_file() else None
+
+
+def _training_layout(run_dir: Path | None, data: str | Path) -> dict[str, Any]:
+    """The layout and layout options the run was trained with, when ``data`` is its training data (else none)."""
+    config = _run_config(run_dir) or {}
+    same = bool(config.get("data")) and Path(config["data"]).expanduser().resolve() == Path(data).expanduser().resolve()
+    if not same:
+        return {"format": None, "layout_options": None}
+    return {"format": config.get("data_format"), "layout_options": config.get("data_options") or None}
 
 
 def _run_config(run_dir: Path | None) -> dict[str, Any] | None:
