@@ -516,7 +516,18 @@ def test_weight_map_only_for_per_pixel_losses():
 
 
 def test_get_loss_names():
-    assert list_losses() == ["bce", "ce", "dice", "focal", "jaccard", "lovasz", "tversky"]
+    assert list_losses() == [
+        "bce",
+        "ce",
+        "cldice",
+        "dice",
+        "focal",
+        "generalized_dice",
+        "jaccard",
+        "lovasz",
+        "mcc",
+        "tversky",
+    ]
     assert isinstance(get_loss("dice"), DiceLoss)
     assert isinstance(get_loss(" Dice "), DiceLoss)
     module = nn.MSELoss()

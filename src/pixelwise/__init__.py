@@ -18,9 +18,10 @@ from pixelwise.errors import (
     ShapeError,
     WeightsError,
 )
-from pixelwise.inference import Predictor
+from pixelwise.inference import Predictor, predict_arrays
 from pixelwise.models import *  # noqa: F403
 from pixelwise.models import __all__ as _models_all
+from pixelwise.training.fit import fit
 
 __all__ = [
     "ConfigError",
@@ -30,9 +31,11 @@ __all__ = [
     "InputTypeError",
     "PixelwiseError",
     "Predictor",
+    "predict_arrays",
     "ShapeError",
     "WeightsError",
     "__version__",
+    "fit",
     "from_smp",
     "losses",
     "metrics",

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from pixelwise.errors import ConfigError
 from pixelwise.inference.loaded import LoadedModel as LoadedModel  # re-exported: its old home
 from pixelwise.inference.loaded import load_model as load_model
 from pixelwise.inference.predictor import Predictor, RuntimeOptions, TilingOptions, labels_from_scores
-from pixelwise.inference.tta import tta_transforms
+from pixelwise.inference.tta import check_tta_scales, tta_transforms
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path
 from pixelwise.metrics import ConfusionMatrix
@@ -106,6 +106,7 @@ def evaluate(
     instances: bool = False,
     instance_method: str = "auto",
     tta: str | None = None,
+    tta_scales: str | Sequence[float] | None = None,
     tiling: TilingOptions | None = None,
     runtime: RuntimeOptions | None = None,
     format: str | None = None,
@@ -120,7 +121,8 @@ def evaluate(
     blended tiles with ``tiling`` (e.g. ``TilingOptions(tile_size=512)``), which bounds the memory of
     the forward pass for images too large to predict at once; ``runtime`` picks the device and
     backend. ``tta`` (``"hflip"``, ``"flips"`` or ``"d4"``) averages the probabilities of flipped and
-    rotated copies of every image.
+    rotated copies of every image; ``tta_scales`` (e.g. ``(0.75, 1, 1.25)``) also averages over resized
+    copies (each flip at each scale; see :class:`~pixelwise.inference.Predictor`).
 
     With ``instances``, each image's probabilities also become instances
     (:func:`pixelwise.instances.to_instances` with ``instance_method``; ``"auto"``: watershed for a
@@ -139,6 +141,7 @@ def evaluate(
     """
     if tta is not None:
         tta_transforms(tta)  # an unknown mode fails before any work
+    tta_scales = check_tta_scales(tta_scales)
     loaded = load_model(model_path)
     ignore = loaded.classes.ignore_index if ignore_index is None else ignore_index
     layout = {"format": format, "layout_options": layout_options}
@@ -147,7 +150,7 @@ def evaluate(
     dataset = _dataset(loaded, data, split, ignore_index, ignore, files, instances, layout)
     boundary = loaded.target == "boundary"
     classes = _object_classes(dataset.classes, ignore) if boundary else loaded.classes
-    predictor = Predictor(loaded, tiling=tiling, runtime=runtime, tta=tta)
+    predictor = Predictor(loaded, tiling=tiling, runtime=runtime, tta=tta, tta_scales=tta_scales)
     scorer = InstanceScorer(loaded.target, loaded.separation_gap, instance_method) if instances else None
     out = Path(out_dir) if out_dir else (loaded.run_dir or Path(model_path)) / f"eval-{split or 'all'}"
     out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,7 @@ def evaluate(
     gallery = _write_gallery(dataset, per_image, classes, out, gallery_size)
     notes = [f"model: {model_path}", f"data: {data} (split {split}, {len(dataset)} images)"]
     notes += [f"test-time augmentation: {tta}"] if tta else []
+    notes += [f"test-time scales: {', '.join(f'{s:g}' for s in tta_scales)}"] if tta_scales else []
     notes += [f"tiles of {predictor.tile_size} px"] if predictor.tile_size else []
     title = f"pixelwise evaluation: {Path(str(data)).name}/{split or ''}"
     return dataclasses.replace(

@@ -42,6 +42,11 @@ SUMMARY_CARDS = (
 )
 PER_CLASS_COLUMNS = (("iou", "IoU"), ("f1", "F1"), ("precision", "precision"), ("recall", "recall"))
 DECIMALS = 3
+AP_TABLE_KEY = "ap_table"
+AP_NOTE = (
+    "AP = TP / (TP + FP + FN), counts pooled over the images; a predicted and a true object match when the "
+    "optimal one-to-one matching pairs them with IoU ≥ the threshold (StarDist, Cellpose)."
+)
 
 CSS = """
 :root { color-scheme: light; --fg: #1d2330; --muted: #5b6475; --line: #dde1e8; --bg: #f5f6f8; --card: #fff;
@@ -145,7 +150,9 @@ def write_report(
             Names are data: characters that are not UTF-8 (from file names) are shown as ``\\xff``.
         config: the run's configuration, shown as YAML in a collapsible block.
         notes: free-text lines (command, hardware, time, ...).
-        instance_metrics: optional flat ``{name: value}`` table of instance-level metrics.
+        instance_metrics: optional flat ``{name: value}`` table of instance-level metrics; its ``ap_table``
+            (rows ``{"iou", "ap", "tp", "fp", "fn"}``, :meth:`~pixelwise.instances.InstanceScores.average_precision`)
+            is shown as a table of its own.
 
     Returns:
         The path of ``report.html``.
@@ -260,14 +267,37 @@ def _per_class_section(metrics: Mapping[str, Any], names: list[str], palette: np
 
 
 def _instance_section(instance_metrics: Mapping[str, Any]) -> str:
+    """The flat table of instance metrics, then the average precision table when there is one."""
     rows = "\n".join(
         f'<tr><td class="name">{_esc(key)}</td><td>{_fmt_any(value)}</td></tr>'
         for key, value in instance_metrics.items()
+        if key != AP_TABLE_KEY
     )
     return (
         '<section id="instances">\n<h2>Instance metrics</h2>\n<div class="table-wrap">\n'
         '<table id="instance" class="data">\n<thead><tr><th class="name">metric</th><th>value</th></tr></thead>\n'
-        f"<tbody>\n{rows}\n</tbody>\n</table>\n</div>\n</section>"
+        f"<tbody>\n{rows}\n</tbody>\n</table>\n</div>\n"
+        + _ap_table(instance_metrics.get(AP_TABLE_KEY) or ())
+        + "</section>"
+    )
+
+
+def _ap_table(table: Sequence[Mapping[str, Any]]) -> str:
+    """Average precision at each IoU threshold (``{"iou", "ap", "tp", "fp", "fn"}`` rows), or "" for none."""
+    if not table:
+        return ""
+    head = '<th class="name">IoU ≥</th>' + "".join(f"<th>{label}</th>" for label in ("AP", "TP", "FP", "FN"))
+    rows = "\n".join(
+        f'<tr><td class="name">{_fmt(row.get("iou"))}</td>{_value_cell(number(row.get("ap")), bar=True)}'
+        + "".join(f"<td>{_fmt_count(row.get(key))}</td>" for key in ("tp", "fp", "fn"))
+        + "</tr>"
+        for row in table
+    )
+    return (
+        f'<h3>Average precision by IoU threshold</h3>\n<p class="footnote">{_esc(AP_NOTE)}</p>\n'
+        '<div class="table-wrap">\n<table id="ap-table" class="data">\n'
+        f"<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n"
+        "</tbody>\n</table>\n</div>\n"
     )
 
 

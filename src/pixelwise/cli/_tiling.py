@@ -16,11 +16,12 @@ from pixelwise.inference.predictor import (
     check_int,
 )
 from pixelwise.inference.tiling import BLEND_MODES
-from pixelwise.inference.tta import TTA_MODES
+from pixelwise.inference.tta import MAX_TTA_SCALE, MAX_TTA_SCALES, TTA_MODES, check_tta_scales
 
 
 def add_tiling_arguments(parser: argparse.ArgumentParser, tile: int) -> None:
-    """``--tile`` (default ``tile``; 0: whole images), ``--overlap``, ``--blend``, ``--batch-size``, ``--tta``."""
+    """``--tile`` (default ``tile``; 0: whole images), ``--overlap``, ``--blend``, ``--batch-size``, ``--tta``,
+    ``--tta-scales``."""
     whole = "0: whole images" + (", the default" if tile == 0 else f"; default {tile}")
     parser.add_argument("--tile", type=int, default=tile, help=f"tile size in pixels ({whole})")
     parser.add_argument(
@@ -36,6 +37,14 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, tile: int) -> None:
     parser.add_argument(
         "--tta", choices=TTA_MODES, default=None, help="test-time augmentation, probabilities averaged (default none)"
     )
+    parser.add_argument(
+        "--tta-scales",
+        default=None,
+        metavar="S1,S2,...",
+        help=f"multi-scale test-time augmentation: input scales, e.g. 0.75,1,1.25 (up to {MAX_TTA_SCALES}, each in "
+        f"(0, {MAX_TTA_SCALE:g}]); each tile is resized, predicted and resized back, and the probabilities are "
+        "averaged over the scales and the --tta flips (default: none)",
+    )
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +52,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def check_tiling_arguments(args: argparse.Namespace) -> None:
-    """Validate ``--tile``, ``--overlap``, ``--blend``, ``--batch-size`` and ``--device`` before any work.
+    """Validate ``--tile``, ``--overlap``, ``--blend``, ``--batch-size``, ``--tta-scales`` and ``--device`` first.
 
     Raises:
         ConfigError: names the option, the value and the valid range or choices.
@@ -52,6 +61,7 @@ def check_tiling_arguments(args: argparse.Namespace) -> None:
     check_fraction("--overlap", args.overlap)
     check_int("--batch-size", args.batch_size, 1)
     check_choice("--blend", args.blend, BLEND_MODES)
+    check_tta_scales(args.tta_scales, "--tta-scales")
     check_device(args.device, "--device")
 
 
@@ -59,6 +69,15 @@ def tiling_options(args: argparse.Namespace) -> TilingOptions:
     return TilingOptions(
         tile_size=args.tile or None, overlap=args.overlap, blend=args.blend, batch_size=args.batch_size
     )
+
+
+def tta_scales(args: argparse.Namespace) -> tuple[float, ...] | None:
+    """``--tta-scales`` as a tuple of floats (None when not given).
+
+    Raises:
+        ConfigError: a bad list (names ``--tta-scales`` and the value).
+    """
+    return check_tta_scales(args.tta_scales, "--tta-scales")
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:

@@ -24,8 +24,9 @@ def add_parser(commands: Any) -> None:
     evaluate.add_argument(
         "--instances",
         action="store_true",
-        help="also score objects: precision/recall/F1 at IoU 0.5, DSB score, panoptic quality (true objects from "
-        "the data's instances/ folder, else connected components of the masks)",
+        help="also score objects: precision/recall/F1 at IoU 0.5, DSB score, panoptic quality, AP at IoU 0.5:0.95 "
+        "(AP50, AP75, mAP) and AJI (true objects from the data's instance labels, else connected components "
+        "of the masks)",
     )
     evaluate.add_argument(
         "--instance-method",
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         instances=args.instances,
         instance_method=args.instance_method,
         tta=args.tta,
+        tta_scales=_tiling.tta_scales(args),
         tiling=_tiling.tiling_options(args),
         runtime=_tiling.runtime_options(args),
         progress=not args.no_progress,
@@ -69,5 +71,7 @@ def run(args: argparse.Namespace) -> int:
         found = result.instances
         keys = ("dsb_score", "pq", "sq", "rq", "f1", "precision", "recall", "count_error")
         print(f"instances ({found['method']}): " + "  ".join(f"{k} {fmt(found[k])}" for k in keys))
+        ap_keys = (("ap50", "AP50"), ("ap75", "AP75"), ("map", "mAP@0.5:0.95"), ("aji", "AJI"))
+        print("instance AP (IoU >= t, pooled): " + "  ".join(f"{label} {fmt(found.get(k))}" for k, label in ap_keys))
     print(f"report: {result.report}")
     return 0

@@ -91,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
     removed = remove_stale_temporaries(out)
     if removed:
         print(f"removed {len(removed)} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
-    tiled = Predictor(model, tiling=_tiling.tiling_options(args), runtime=_tiling.runtime_options(args), tta=args.tta)
+    tiled = Predictor(
+        model,
+        tiling=_tiling.tiling_options(args),
+        runtime=_tiling.runtime_options(args),
+        tta=args.tta,
+        tta_scales=_tiling.tta_scales(args),
+    )
     failures: list[tuple[Any, str]] = list(unreadable)
     items: Any = inputs
     if not args.no_progress:

@@ -63,7 +63,7 @@ class TargetOptions:
         if self.target not in TARGETS:
             raise unknown_name("target", str(self.target), TARGETS)
         if self.weight_map is not None and self.weight_map not in WEIGHT_MAPS:
-            raise unknown_name("loss weight map", str(self.weight_map), (*WEIGHT_MAPS, "none"))
+            raise unknown_name("loss_weight_map", str(self.weight_map), (*WEIGHT_MAPS, "none"))
         if self.gap is not None and self.gap < 0:
             raise ConfigError(f"separation_gap={self.gap} must be >= 0 pixels.")
         if self.boundary_width < 1:

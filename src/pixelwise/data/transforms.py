@@ -21,14 +21,24 @@ Composable from config: a list of preset names and ``{"name": ..., **kwargs}`` d
 parameter gets the image/mask fill above unless the dict sets one, and transforms with an ``interpolation``
 parameter get bilinear (for the image; masks always use nearest) unless the dict sets one, and
 ``RandomApply``-style ``transforms`` lists are built recursively.
+
+Rare-class crop sampling (``crop_sampling``, :class:`RandomClassCrop`): where a training crop is cut::
+
+    uniform         every position equally likely (torchvision's RandomCrop)
+    class_balanced  with probability ratio: a class present in the mask, then one of its pixels,
+                    and the crop centred on it (clamped to the padded image); else uniform
+    foreground      with probability ratio: a pixel of any class but 0 (background), crop centred on it
+
+    pipeline: [MirrorPad] -> crop (uniform or RandomClassCrop) -> preset / listed transforms
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,10 +47,18 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from pixelwise.errors import ConfigError, ShapeError, unknown_name
+from pixelwise.errors import ConfigError, ShapeError, check_choice, unknown_name
 from pixelwise.modes import IGNORE_INDEX
 
 PRESETS = ("none", "light", "strong")
+CropSampling = Literal["uniform", "class_balanced", "foreground"]
+"""Where a random training crop is cut (see :class:`RandomClassCrop`)."""
+CROP_SAMPLINGS: tuple[CropSampling, ...] = typing.get_args(CropSampling)
+DEFAULT_CROP_SAMPLING_RATIO = 0.5
+"""Share of crops centred on a chosen pixel (the rest uniform): MONAI's RandCropByPosNegLabel default
+``pos=1, neg=1`` and nnU-Net's foreground oversampling (a third of each batch) lie around it."""
+BACKGROUND = 0
+"""The class that ``foreground`` sampling does not centre on."""
 ELASTIC_GRID = 3
 """U-Net paper: displacements sampled on a coarse 3 x 3 grid ..."""
 ELASTIC_SIGMA_PX = 10.0
@@ -254,6 +272,112 @@ class MirrorPad(v2.Transform):
         return tv_tensors.wrap(inpt.as_subclass(torch.Tensor)[..., rows, :][..., cols], like=inpt)
 
 
+class RandomClassCrop(v2.RandomCrop):
+    """A random crop that contains a chosen class's pixel in a set share of samples (rare-class sampling).
+
+    Each call first draws torchvision's uniform crop (``v2.RandomCrop(size, pad_if_needed=True)``:
+    images smaller than ``size`` are padded, image ``fill``, mask ``ignore_index``, instances 0).
+    Then, with probability ``ratio``, a pixel is chosen and the crop is moved so that it is centred
+    on that pixel (top-left corner ``pixel - size // 2``), clamped to lie inside the (padded) image,
+    as MONAI's ``RandCropByLabelClasses`` / ``RandCropByPosNegLabel`` do; the pixel is therefore
+    always inside the crop. The pixel:
+
+    - ``class_balanced``: a class drawn uniformly among the classes present in this mask
+      (``ignore_index`` excluded), then one of its pixels uniformly. A class present in the mask is
+      in at least ``ratio / (number of classes present)`` of the crops, whatever its pixel share
+      (MONAI's ``RandCropByLabelClasses`` with equal ``ratios``).
+    - ``foreground``: a pixel uniformly among those of classes other than ``BACKGROUND`` (0) and
+      ``ignore_index`` (MONAI's ``RandCropByPosNegLabel`` with ``pos / (pos + neg) = ratio``).
+
+    A mask with no such pixel gets the uniform crop. Mask pixels set to ``ignore_index`` by an earlier
+    :class:`MirrorPad` are never chosen, so with a valid-convolution model the chosen pixel also lies
+    inside the output tile (the crop's centre, at least ``border`` pixels from its edges). Only the
+    semantic mask (``tv_tensors.Mask``, not :class:`InstanceMask`) is looked at; image, mask and
+    instance labels are cut at the same window. Random numbers come from torch's global generator,
+    so seeds and DataLoader workers repeat exactly.
+
+    Unlike MMSeg's ``RandomCrop(cat_max_ratio=...)`` (re-draws up to 10 uniform crops until no class
+    covers more than that share), this chooses the crop from the mask directly and needs no retries.
+
+    Args:
+        size: crop size, ``int`` or ``(H, W)``.
+        sampling: ``class_balanced`` or ``foreground`` (``uniform`` is plain ``v2.RandomCrop``).
+        ratio: probability in ``[0, 1]`` that a crop is centred on a chosen pixel.
+        ignore_index: mask value never chosen (None: 255).
+        fill: padding value per tv_tensor type (as ``v2.RandomCrop``).
+
+    Raises:
+        ConfigError: unknown ``sampling`` (with the closest names) or ``ratio`` outside ``[0, 1]``.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        sampling: str = "class_balanced",
+        ratio: float = DEFAULT_CROP_SAMPLING_RATIO,
+        ignore_index: int | None = IGNORE_INDEX,
+        fill: Any = 0,
+    ) -> None:
+        super().__init__(size, pad_if_needed=True, fill=fill)
+        check_choice("crop_sampling", sampling, CROP_SAMPLINGS)
+        check_probability("crop_sampling_ratio", ratio)
+        self.sampling, self.ratio = sampling, float(ratio)
+        self.ignore_index = IGNORE_INDEX if ignore_index is None else int(ignore_index)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        # torchvision's own parameters give the padding (pad_if_needed); only the position may change
+        params = super().make_params(flat_inputs)
+        if self.sampling == "uniform" or not bool(torch.rand(()) < self.ratio):
+            return params
+        masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask) and not isinstance(x, InstanceMask)]
+        pixel = self.choose_pixel(masks[0].as_subclass(torch.Tensor)) if masks else None
+        if pixel is None:
+            return params
+        pad_left, pad_top, pad_right, pad_bottom = params["padding"]
+        height, width = v2.query_size(flat_inputs)
+        params["top"] = _centred_start(pixel[0] + pad_top, params["height"], height + pad_top + pad_bottom)
+        params["left"] = _centred_start(pixel[1] + pad_left, params["width"], width + pad_left + pad_right)
+        return params
+
+    def choose_pixel(self, mask: torch.Tensor) -> tuple[int, int] | None:
+        """The ``(row, column)`` to centre on, drawn as ``sampling`` says; None when the mask has no candidate.
+
+        Shape:
+            ``mask``: ``[H, W]`` (or ``[..., H, W]``: the first plane is used).
+        """
+        # NumPy, single-threaded: torch's threaded kernels (nonzero, bincount) take tens of milliseconds
+        # on a CamVid-sized mask when the loader shares the cores with training; the draws stay torch's
+        labels = mask.reshape(-1, *mask.shape[-2:])[0].cpu().numpy()
+        flat = labels.ravel().astype(np.int64, copy=False)
+        if self.sampling == "foreground":
+            candidates = (flat != self.ignore_index) & (flat != BACKGROUND)
+        else:
+            low = int(flat.min())  # bincount needs values ≥ 0
+            counts = np.bincount(flat - low)
+            if 0 <= self.ignore_index - low < counts.size:
+                counts[self.ignore_index - low] = 0
+            present = np.flatnonzero(counts)
+            if present.size == 0:
+                return None
+            candidates = flat == int(present[int(torch.randint(present.size, ()))]) + low
+        positions = np.flatnonzero(candidates)
+        if positions.size == 0:
+            return None
+        index = int(positions[int(torch.randint(positions.size, ()))])
+        return divmod(index, labels.shape[-1])
+
+
+def _centred_start(position: int, size: int, extent: int) -> int:
+    """First index of a window of ``size`` centred on ``position`` and kept inside ``[0, extent)``."""
+    return min(max(position - size // 2, 0), extent - size)
+
+
+def check_probability(option: str, value: float) -> None:
+    """Raise ConfigError naming ``option`` unless ``value`` is a number in ``[0, 1]``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{option}={value!r} must be a probability in [0, 1] (e.g. {option}: 0.5).")
+
+
 def _fill_for(fill: Any, inpt: Any) -> Any:
     """The fill for ``inpt`` from a number or a ``{type: value}`` dict (nearest type in the MRO, else "others")."""
     if not isinstance(fill, dict):
@@ -400,6 +524,8 @@ def build_transforms(
     ignore_index: int = IGNORE_INDEX,
     image_fill: float = 0.0,
     mirror_border: int = 0,
+    crop_sampling: str = "uniform",
+    crop_sampling_ratio: float = DEFAULT_CROP_SAMPLING_RATIO,
 ) -> SegmentationTransform:
     """Build an augmentation pipeline from a preset name or a config list (see the module docstring).
 
@@ -412,12 +538,17 @@ def build_transforms(
         mirror_border: mirror-pad images by this many pixels first (:class:`MirrorPad`; masks get
             ``ignore_index``): the context a valid-convolution model (UNet2015) needs around its
             output tile, as in the U-Net paper. ``crop_size`` is then the model's input tile.
+        crop_sampling: where the crop is cut: ``uniform`` (torchvision's ``RandomCrop``, exactly as
+            before), ``class_balanced`` or ``foreground`` (rare-class sampling, see :class:`RandomClassCrop`).
+        crop_sampling_ratio: share of crops centred on a chosen pixel (``class_balanced``, ``foreground``).
 
     Returns:
         A :class:`SegmentationTransform`.
 
     Raises:
-        ConfigError: unknown preset or transform name (with the closest names), or bad transform arguments.
+        ConfigError: unknown preset or transform name (with the closest names), bad transform arguments,
+            unknown ``crop_sampling``, ``crop_sampling_ratio`` outside ``[0, 1]``, or a crop sampling
+            other than ``uniform`` without ``crop_size``.
 
     Example:
         >>> augment = build_transforms("strong", crop_size=64)
@@ -435,8 +566,22 @@ def build_transforms(
         ):
             raise unknown_name("augmentation preset or transform", entry, [*PRESETS, *CUSTOM_TRANSFORMS])
     transforms: list[v2.Transform] = [MirrorPad(mirror_border, fill)] if mirror_border else []
-    if crop_size is not None:
-        transforms.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill))
+    transforms += _crop(crop_size, crop_sampling, crop_sampling_ratio, ignore_index, fill)
     for entry in entries:
         transforms += _build(entry, fill)
     return SegmentationTransform(transforms)
+
+
+def _crop(
+    crop_size: int | tuple[int, int] | None, sampling: str, ratio: float, ignore_index: int, fill: dict
+) -> list[v2.Transform]:
+    """The training crop: none, torchvision's uniform ``RandomCrop``, or a :class:`RandomClassCrop`."""
+    check_choice("crop_sampling", sampling, CROP_SAMPLINGS)
+    check_probability("crop_sampling_ratio", ratio)
+    if crop_size is None:
+        if sampling != "uniform":
+            raise ConfigError(f"crop_sampling={sampling!r} needs a crop size (--crop N); or use crop_sampling=uniform.")
+        return []
+    if sampling == "uniform":  # the crop of earlier versions, same random numbers: earlier runs reproduce
+        return [v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill)]
+    return [RandomClassCrop(crop_size, sampling, ratio, ignore_index, fill=fill)]

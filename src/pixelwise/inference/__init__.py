@@ -8,6 +8,7 @@
   the building blocks (tile geometry, blending, test-time augmentation).
 """
 
+from pixelwise.inference.arrays import predict_arrays
 from pixelwise.inference.fuse import fold_batchnorm
 from pixelwise.inference.predictor import (
     NormalizationOptions,
@@ -25,5 +26,6 @@ __all__ = [
     "TilingOptions",
     "fold_batchnorm",
     "labels_from_scores",
+    "predict_arrays",
     "predict_tiff",
 ]

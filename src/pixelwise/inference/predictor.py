@@ -4,7 +4,14 @@ It wraps a model (a pixelwise model, any callable ``[N, C, H, W] → [N, K, H, W
 ``save_pretrained`` directory, or an ``.onnx`` file), normalises the input the way the model was
 trained, predicts in overlapping tiles (:mod:`~pixelwise.inference.tiling`), blends them
 (:mod:`~pixelwise.inference.stitch`), optionally with test-time augmentation
-(:mod:`~pixelwise.inference.tta`), and gives probabilities (softmax; sigmoid for one class).
+(:mod:`~pixelwise.inference.tta`: flips and input scales), and gives probabilities (softmax; sigmoid
+for one class).
+
+Scales (the model's own input ``scale`` times each TTA scale) are applied per tile: each tile is
+resized, predicted, and its logits resized back to the tile, so memory stays bounded by the tile
+size whatever the image size::
+
+    image ─► tiles ─► [flip ─► resize ×s ─► model ─► resize back ─► softmax ─► un-flip] ─► mean ─► blend
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import dataclasses
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +44,7 @@ from pixelwise.inference.tiling import (
     scan_axis,
     valid_axis,
 )
-from pixelwise.inference.tta import tta_average, tta_transforms
+from pixelwise.inference.tta import check_tta_scales, multiscale_average, tta_transforms
 
 BINARY_THRESHOLD = 0.5
 """Probability above which a one-class (sigmoid) model labels a pixel 1."""
@@ -212,6 +219,12 @@ class Predictor:
         normalization: mean, std and input scale (:class:`NormalizationOptions`); default the loaded model's.
         tta: None, ``"hflip"`` (2: left-right flip), ``"flips"`` (4 flips) or ``"d4"`` (8
             rotations/flips); probabilities are averaged.
+        tta_scales: input scales for multi-scale TTA, e.g. ``(0.75, 1, 1.25)`` (or ``"0.75,1,1.25"``):
+            each tile is resized by ``scale × s`` (``scale``: the model's own), predicted, and its logits
+            resized back (bilinear; antialiased); the probabilities are averaged over the scales and the
+            ``tta`` transforms (``len(tta_scales) × transforms`` forward passes). Up to 8 scales in
+            (0, 4]; None (default) or ``(1,)``: no resizing. With tiles, a scale below 1 sees no more
+            context than the tile holds: give larger tiles to benefit from it.
         **deprecated: the flat keywords of earlier releases (``tile_size=``, ``overlap=``, ``blend=``,
             ``batch_size=``, ``padding_mode=``, ``margin=``, ``fit_tiles=``, ``backend=``, ``precision=``,
             ``device=``, ``compile=``, ``fold_bn=``, ``channels_last=``, ``mean=``, ``std=``, ``scale=``,
@@ -221,7 +234,8 @@ class Predictor:
     changed after it is built.
 
     Raises:
-        ConfigError: an option out of range or unknown (names it), or a scale the model's exact tiling forbids.
+        ConfigError: an option out of range or unknown (names it), or a scale (``scale`` or ``tta_scales``)
+            that the exact tiling of a valid-convolution model (UNet2015) forbids.
 
     Example:
         >>> tiling = TilingOptions(tile_size=512)
@@ -237,6 +251,7 @@ class Predictor:
         runtime: RuntimeOptions | None = None,
         normalization: NormalizationOptions | None = None,
         tta: str | None = None,
+        tta_scales: str | Sequence[float] | None = None,
         **deprecated: Any,
     ) -> None:
         groups = {"tiling": tiling, "runtime": runtime, "normalization": normalization}
@@ -247,6 +262,7 @@ class Predictor:
         if tta is not None:
             tta_transforms(tta)
         self.tiling, self.runtime, self.tta = tiling, runtime, tta
+        self.tta_scales = check_tta_scales(tta_scales)
         self.tile_size, self.overlap, self.margin = tiling.tile_size, tiling.overlap, tiling.margin
         backend, precision = runtime.backend, runtime.precision
         self._temp = tempfile.TemporaryDirectory(prefix="pixelwise-onnx-") if backend == "onnxruntime" else None
@@ -255,9 +271,7 @@ class Predictor:
         self.scale = float(normalization.scale if loaded.scale is None else loaded.scale)
         self.mask_offset = loaded.mask_offset
         self.geometry = loaded.geometry
-        if self.geometry is not None and self.scale != 1:
-            name = type(self.geometry).__name__
-            raise ConfigError(f"scale={self.scale} cannot be combined with the exact tiling of {name}; use scale=1.")
+        _check_exact_tiling_scales(self.geometry, self.scale, self.tta_scales)
         self.in_channels: int | None = getattr(loaded.module, "in_channels", None)
         # only models that state their stride get fitted tiles: others may need the exact size asked for
         multiple = int(getattr(loaded.module, "input_multiple", 0))
@@ -329,16 +343,19 @@ class Predictor:
         x = tiles if self._mean is None else (tiles - self._mean) / self._std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return tta_average(self._probabilities, x, self.tta) if self.tta else self._probabilities(x)
+        return multiscale_average(self._probabilities, x, self.tta_scales, self.tta)
 
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, x: torch.Tensor, tta_scale: float = 1.0) -> torch.Tensor:
+        """Probabilities of ``x`` resized by the model's scale × ``tta_scale``, resized back to ``x``'s size."""
         size = x.shape[-2:]
+        scale = self.scale * tta_scale
         with self._autocast():
-            if self.scale != 1:
-                scaled = (max(1, round(size[0] * self.scale)), max(1, round(size[1] * self.scale)))
+            if scale != 1:
+                # antialias matters when shrinking; when enlarging it is plain bilinear (up to rounding)
+                scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
                 x = F.interpolate(x, size=scaled, mode="bilinear", antialias=True)
             logits = self._forward(x).float()
-        if self.scale != 1:
+        if scale != 1:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
 
@@ -417,6 +434,24 @@ class Predictor:
             if count:
                 raise ConfigError(nonfinite_message("the image", count))
         return source
+
+
+def _check_exact_tiling_scales(geometry: Any, scale: float, tta_scales: tuple[float, ...] | None) -> None:
+    """Refuse input scales for a valid-convolution model: a resized tile is no longer a valid input size.
+
+    Raises:
+        ConfigError: ``scale`` or a TTA scale other than 1 with a ``geometry`` (names the option).
+    """
+    if geometry is None:
+        return
+    name = type(geometry).__name__
+    if scale != 1:
+        raise ConfigError(f"scale={scale} cannot be combined with the exact tiling of {name}; use scale=1.")
+    if any(s != 1 for s in tta_scales or ()):
+        raise ConfigError(
+            f"tta_scales={tta_scales} cannot be combined with the exact tiling of {name} (a resized tile is no "
+            "longer a valid input size); use tta_scales=None, or flips alone (tta='d4')."
+        )
 
 
 def _channel_vector(values: Any, device: torch.device) -> torch.Tensor:

@@ -14,7 +14,8 @@ This package goes from a network's class probabilities to a list of separated, m
   records (class, score, area, box, centroid), COCO RLE / polygons, outlines with ids, and the files
   :func:`write_instance_outputs` / :func:`write_prediction_instances` write (``pixelwise predict --instances``);
 - metrics (:mod:`~pixelwise.instances.metrics`): :func:`instance_metrics` (precision / recall / F1 at
-  IoU 0.5, the DSB 2018 score, panoptic quality) and :class:`InstanceScores` over many images.
+  IoU 0.5, the DSB 2018 score, panoptic quality), :func:`average_precision` over IoU 0.5:0.95 (StarDist /
+  Cellpose), :func:`aggregated_jaccard_index` (AJI), and :class:`InstanceScores` over many images.
 
 Instance labels are ``int32 [H, W]``, 0 = background, one positive id per object.
 """
@@ -28,7 +29,19 @@ from pixelwise.data.weights import (
     two_nearest_distances,
     unet_weight_map,
 )
-from pixelwise.instances.metrics import IOU_THRESHOLDS, InstanceScores, instance_metrics, iou_matrix, match
+from pixelwise.instances.metrics import (
+    AJI_VARIANTS,
+    IOU_THRESHOLDS,
+    InstanceScores,
+    aggregated_jaccard_index,
+    aji_counts,
+    average_precision,
+    average_precision_dataset,
+    instance_metrics,
+    iou_matrix,
+    match,
+    overlaps,
+)
 from pixelwise.instances.objects import encode_polygons, encode_rle, has_pycocotools, objects
 from pixelwise.instances.outputs import (
     draw_instances,
@@ -41,12 +54,17 @@ from pixelwise.instances.postprocess import class_map, clean_instances, relabel,
 from pixelwise.instances.scoring import InstanceScorer, default_method
 
 __all__ = [
+    "AJI_VARIANTS",
     "BOUNDARY_CLASSES",
     "IOU_THRESHOLDS",
     "TARGETS",
     "InstanceScorer",
     "InstanceScores",
     "TargetOptions",
+    "aggregated_jaccard_index",
+    "aji_counts",
+    "average_precision",
+    "average_precision_dataset",
     "boundary_target",
     "class_balance_weights",
     "class_map",
@@ -62,6 +80,7 @@ __all__ = [
     "match",
     "model_instance_settings",
     "objects",
+    "overlaps",
     "relabel",
     "save_labels",
     "semantic_probs",

@@ -57,8 +57,18 @@ class InstanceScorer:
         return self.scores.update(pred, np.asarray(true))
 
     def compute(self) -> dict[str, Any]:
-        """The results of :meth:`InstanceScores.compute` (NaN as None, for JSON) and the method used."""
-        results = self.scores.compute()
-        return {"method": self.method} | {
-            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in results.items()
-        }
+        """The results of :meth:`InstanceScores.compute` (NaN as None, also inside the ``ap_table`` rows, for
+        JSON) and the method used: means at IoU 0.5, the DSB score, panoptic quality, ``map`` / ``ap50`` /
+        ``ap75`` / ``ap_table`` (StarDist's pooled average precision) and ``aji`` (Kumar et al. 2017)."""
+        return {"method": self.method} | _json_ready(self.scores.compute())
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with every NaN float, however deeply nested in dicts and lists, replaced by None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value

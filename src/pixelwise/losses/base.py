@@ -218,6 +218,63 @@ def check_class_count(name: str, vector: torch.Tensor | None, num_classes: int) 
         raise ConfigError(f"{name} has {vector.numel()} entries but preds have {num_classes} classes.")
 
 
+def class_subset(classes: int | Sequence[int] | None, class_indexes: int | Sequence[int] | None) -> list[int] | None:
+    """Validate a class subset given as ``classes`` or as Keras' ``class_indexes`` (one int or a list).
+
+    Returns:
+        The distinct class ids in the order given, or None (all classes).
+
+    Raises:
+        ConfigError: both names given, an empty list, repeated ids, or ids that are not integers >= 0.
+    """
+    if classes is not None and class_indexes is not None:
+        raise ConfigError(
+            f"give the class subset once: classes={classes!r} or class_indexes={class_indexes!r} (Keras' name)."
+        )
+    chosen = classes if classes is not None else class_indexes
+    if chosen is None:
+        return None
+    ids = [chosen] if isinstance(chosen, int) else list(chosen.tolist() if torch.is_tensor(chosen) else chosen)
+    if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"classes must be distinct class ids >= 0, e.g. [1, 2]; got {chosen!r}.")
+    return ids
+
+
+def selection_weights(
+    class_weights: torch.Tensor | None, classes: list[int] | None, num_classes: int, like: torch.Tensor
+) -> torch.Tensor:
+    """Per-channel weights ``[C]`` of the per-class losses: ``class_weights`` with unselected classes at 0.
+
+    ``class_weights`` has one entry per channel (segmentation_models_pytorch), or, when ``classes``
+    is given, may instead have one entry per selected class in that order (Keras segmentation_models).
+
+    Raises:
+        ConfigError: a class id ``>= num_classes`` or a weight vector of another length.
+    """
+    if classes is not None and max(classes) >= num_classes:
+        raise ConfigError(
+            f"classes {classes} are out of range for preds with {num_classes} classes (0..{num_classes - 1})."
+        )
+    weights = torch.ones(num_classes, dtype=like.dtype, device=like.device)
+    if class_weights is not None:
+        given = class_weights.to(like.device, like.dtype)
+        if given.numel() == num_classes:
+            weights = given
+        elif classes is not None and given.numel() == len(classes):
+            weights = torch.zeros_like(weights).index_copy(0, torch.tensor(classes, device=like.device), given)
+        else:
+            per_subset = f" or {len(classes)} (one per entry of classes)" if classes is not None else ""
+            raise ConfigError(
+                f"class_weights has {given.numel()} entries but preds have {num_classes} classes; "
+                f"give {num_classes}{per_subset}."
+            )
+    if classes is not None:
+        keep = torch.zeros(num_classes, dtype=torch.bool, device=like.device)
+        keep[classes] = True
+        weights = torch.where(keep, weights, torch.zeros_like(weights))
+    return weights
+
+
 def check_range(name: str, value: float, low: float, high: float = float("inf"), *, open_low: bool = False) -> float:
     """Return ``float(value)`` if it lies in ``[low, high]`` (``(low, high]`` with ``open_low``), else raise."""
     value = float(value)

@@ -10,13 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelwise.errors import ConfigError
-from pixelwise.losses.base import build_loss, get_loss_class, loss_options, option_hints
+from pixelwise.errors import ConfigError, unknown_name
+from pixelwise.losses.aliases import KERAS_ALIASES, check_alias_mode, keras_alias
+from pixelwise.losses.base import build_loss, list_losses, loss_options, option_hints
 from pixelwise.modes import IGNORE_INDEX, Mode, check_mode
 
 LossSpec = str | Mapping[str, float | Mapping[str, Any]] | Sequence[str] | nn.Module
 """What :func:`get_loss` accepts: ``"dice"``, ``"ce+0.5*dice"``, ``{"ce": 1.0, "dice": 0.5}``,
-``{"ce": {"weight": 1.0, "class_weights": [1, 3]}}``, ``["ce", "dice"]`` or a ready ``nn.Module``."""
+``{"ce": {"weight": 1.0, "class_weights": [1, 3]}}``, ``["ce", "dice"]``, a Keras segmentation_models name
+(``"bce_dice_loss"``, see :mod:`pixelwise.losses.aliases`) or a ready ``nn.Module``."""
+
+_Terms = dict[str, tuple[float, dict[str, Any], dict[str, Any]]]
+"""Registered name → (weight, default options from a Keras alias, options given in the spec)."""
 
 _TERM = re.compile(r"^(?:(?P<weight>\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)$")
 _SYNTAX = "write loss names joined by '+', each optionally weighted, e.g. 'ce + 0.5*dice'"
@@ -92,25 +97,8 @@ def _check_weight(name: str, weight: Any) -> float:
     return float(weight)
 
 
-def parse_loss_spec(spec: str | Mapping[str, Any] | Sequence[str]) -> dict[str, tuple[float, dict[str, Any]]]:
-    """Split a loss spec into ``{registered name: (weight, own options)}``.
-
-    Args:
-        spec: ``"ce+dice"``, ``"ce + 0.5*dice"`` (whitespace does not matter; weights are plain
-            decimals), ``{"ce": 1.0, "dice": 0.5}``, ``{"ce": {"weight": 1.0, "label_smoothing": 0.1}}``
-            (a missing ``"weight"`` is 1) or ``["ce", "0.5*dice"]``.
-
-    Returns:
-        Registered (lower-case) names in the order given, each with its weight and options.
-
-    Raises:
-        ConfigError: an unknown name (with the closest ones), a malformed term, a repeated loss,
-            or a weight that is not a finite number >= 0.
-
-    Example:
-        >>> parse_loss_spec("ce + 0.5*dice")
-        {'ce': (1.0, {}), 'dice': (0.5, {})}
-    """
+def _entries(spec: str | Mapping[str, Any] | Sequence[str]) -> list[tuple[str, Any]]:
+    """The ``(name, weight or options)`` pairs of a spec, in order."""
     entries: list[tuple[str, Any]] = []
     if isinstance(spec, str):
         for term in spec.split("+"):
@@ -122,23 +110,84 @@ def parse_loss_spec(spec: str | Mapping[str, Any] | Sequence[str]) -> dict[str, 
         entries = list(spec.items())
     elif isinstance(spec, Sequence) and all(isinstance(item, str) for item in spec):
         for item in spec:
-            entries.extend((name, {"weight": weight, **own}) for name, (weight, own) in parse_loss_spec(item).items())
+            entries.extend(_entries(item))
     else:
         raise ConfigError(f"cannot read loss spec {spec!r}; {_SYNTAX}, or pass a dict of name → weight.")
     if not entries:
         raise ConfigError(f"the loss spec {spec!r} names no loss; {_SYNTAX}.")
+    return entries
 
-    terms: dict[str, tuple[float, dict[str, Any]]] = {}
-    for raw_name, value in entries:
-        name = get_loss_class(str(raw_name)).name  # unknown names raise with the closest ones
+
+def _weight_and_options(name: str, value: Any) -> tuple[float, dict[str, Any]]:
+    if isinstance(value, Mapping):
+        options = dict(value)
+        return _check_weight(name, options.pop("weight", 1.0)), options
+    return _check_weight(name, value), {}
+
+
+def _alias_options(alias: str, components: list[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Split the options given to a Keras alias among its components (each to those that accept it)."""
+    accepted = {name: loss_options(name) for name in components}
+    unused = [key for key in options if not any(key in valid for valid in accepted.values())]
+    if unused:
+        everything = sorted({option for valid in accepted.values() for option in valid})
+        raise ConfigError(
+            f"Keras loss {alias!r} ({' + '.join(components)}) has no option {option_hints(unused, everything)}."
+        )
+    return {name: {k: v for k, v in options.items() if k in accepted[name]} for name in components}
+
+
+def _parse(spec: str | Mapping[str, Any] | Sequence[str]) -> tuple[_Terms, list[str]]:
+    """Registered name → (weight, alias defaults, own options), and the Keras aliases used."""
+    terms: _Terms = {}
+    aliases: list[str] = []
+
+    def add(name: str, weight: float, defaults: dict[str, Any], own: dict[str, Any]) -> None:
         if name in terms:
             raise ConfigError(f"loss {name!r} appears twice in {spec!r}; give it one weight.")
-        if isinstance(value, Mapping):
-            options = dict(value)
-            terms[name] = (_check_weight(name, options.pop("weight", 1.0)), options)
+        terms[name] = (weight, defaults, own)
+
+    for raw_name, value in _entries(spec):
+        key = str(raw_name).strip().lower()
+        alias = keras_alias(key)
+        weight, options = _weight_and_options(key, value)
+        if alias is not None:
+            aliases.append(key)
+            split = _alias_options(key, [name for name, _, _ in alias.terms], options)
+            for name, factor, defaults in alias.terms:
+                add(name, weight * factor, dict(defaults), split[name])
+        elif key in list_losses():
+            add(key, weight, {}, options)
         else:
-            terms[name] = (_check_weight(name, value), {})
-    return terms
+            raise unknown_name("loss", str(raw_name), [*list_losses(), *KERAS_ALIASES])
+    return terms, aliases
+
+
+def parse_loss_spec(spec: str | Mapping[str, Any] | Sequence[str]) -> dict[str, tuple[float, dict[str, Any]]]:
+    """Split a loss spec into ``{registered name: (weight, own options)}``.
+
+    Args:
+        spec: ``"ce+dice"``, ``"ce + 0.5*dice"`` (whitespace does not matter; weights are plain
+            decimals), ``{"ce": 1.0, "dice": 0.5}``, ``{"ce": {"weight": 1.0, "label_smoothing": 0.1}}``
+            (a missing ``"weight"`` is 1) or ``["ce", "0.5*dice"]``. A Keras segmentation_models
+            name (``"bce_dice_loss"``) stands for its terms, with their options, its weight
+            multiplying theirs (see :mod:`pixelwise.losses.aliases`).
+
+    Returns:
+        Registered (lower-case) names in the order given, each with its weight and options.
+
+    Raises:
+        ConfigError: an unknown name (with the closest ones), a malformed term, a repeated loss,
+            or a weight that is not a finite number >= 0.
+
+    Example:
+        >>> parse_loss_spec("ce + 0.5*dice")
+        {'ce': (1.0, {}), 'dice': (0.5, {})}
+        >>> parse_loss_spec("bce_dice_loss")
+        {'bce': (1.0, {}), 'dice': (1.0, {'smooth': 5e-06})}
+    """
+    terms, _ = _parse(spec)
+    return {name: (weight, {**defaults, **own}) for name, (weight, defaults, own) in terms.items()}
 
 
 def get_loss(
@@ -146,8 +195,10 @@ def get_loss(
 ) -> nn.Module:
     """Build a loss, or a weighted sum of losses, from a name or a config value.
 
-    Known names: ``ce``, ``bce``, ``dice``, ``jaccard``, ``focal``, ``tversky``, ``lovasz``
-    (see :func:`~pixelwise.losses.list_losses`).
+    Known names: ``ce``, ``bce``, ``dice``, ``jaccard``, ``focal``, ``tversky``, ``lovasz``,
+    ``generalized_dice``, ``mcc``, ``cldice`` (see :func:`~pixelwise.losses.list_losses`), and the
+    Keras segmentation_models names of :mod:`pixelwise.losses.aliases` (``"categorical_crossentropy"``,
+    ``"bce_dice_loss"``, ...), which may be summed with the others (``"dice_loss + 0.5*cldice"``).
 
     Args:
         spec: a name, a ``"+"``-joined string with optional weights (``"ce + 0.5*dice"``), a dict
@@ -156,15 +207,16 @@ def get_loss(
         mode: ``"binary"``, ``"multiclass"`` (default) or ``"multilabel"``, for every component.
         ignore_index: target value of pixels that count for nothing (default 255; None: none).
         **options: constructor options, each passed to every component that accepts it
-            (``from_logits`` to all, ``class_weights`` to ``ce`` only, ``alpha`` to both ``focal``
-            and ``tversky``). Options inside a dict spec go to that component and win.
+            (``from_logits`` to all, ``class_weights`` to ``ce`` and the overlap losses, ``alpha``
+            to both ``focal`` and ``tversky``). Options inside a dict spec go to that component and
+            win; both override a Keras alias's own settings (e.g. its Dice ``smooth``).
 
     Returns:
         The loss module itself for a single name of weight 1, else a :class:`CombinedLoss`.
 
     Raises:
         ConfigError: an unknown loss (with the closest names), an option no component accepts
-            (with the valid ones), a loss that does not support ``mode``, or a malformed spec.
+            (with the valid ones), a loss or Keras name that does not support ``mode``, or a malformed spec.
 
     Example:
         >>> loss = get_loss("ce + 0.5*dice", mode="multiclass", class_weights=[1.0, 2.0, 2.0])
@@ -176,7 +228,9 @@ def get_loss(
             raise ConfigError(f"options {sorted(options)} cannot be applied to the ready loss {type(spec).__name__}.")
         return spec
     mode = check_mode(mode)
-    terms = parse_loss_spec(spec)
+    terms, aliases = _parse(spec)
+    for alias in aliases:
+        check_alias_mode(alias, mode)
     accepted = {name: loss_options(name) for name in terms}
     unused = [key for key in options if not any(key in valid for valid in accepted.values())]
     if unused:
@@ -186,9 +240,9 @@ def get_loss(
             f"no loss in {list(terms)} accepts option {option_hints(unused, everything)}. Valid options: {valid}."
         )
     components = {}
-    for name, (_, own) in terms.items():
+    for name, (_, defaults, own) in terms.items():
         shared = {key: value for key, value in options.items() if key in accepted[name]}
-        components[name] = build_loss(name, mode, ignore_index, **{**shared, **own})
+        components[name] = build_loss(name, mode, ignore_index, **{**defaults, **shared, **own})
     if len(terms) == 1 and next(iter(terms.values()))[0] == 1.0:
         return next(iter(components.values()))
-    return CombinedLoss(components, {name: weight for name, (weight, _) in terms.items()})
+    return CombinedLoss(components, {name: weight for name, (weight, _, _) in terms.items()})

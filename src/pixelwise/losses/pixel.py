@@ -54,6 +54,8 @@ class CrossEntropyLoss(SegmentationLoss):
         ignore_index, from_logits: as in :class:`~pixelwise.losses.base.SegmentationLoss`.
         class_weights: one non-negative weight per class, or None for equal weights.
         label_smoothing: ``e`` in ``[0, 1]``; the target becomes ``(1 - e) * one_hot + e / K``.
+        mean_over_classes: also divide by ``K``, as Keras segmentation_models' ``CategoricalCELoss``
+            does (it averages over the class axis too); used by the ``cce_*`` Keras aliases.
 
     Shape:
         preds ``[N, K, H, W]``; target ``[N, H, W]`` class ids; weight_map ``[N, H, W]``.
@@ -75,8 +77,10 @@ class CrossEntropyLoss(SegmentationLoss):
         from_logits: bool = True,
         class_weights: Sequence[float] | torch.Tensor | None = None,
         label_smoothing: float = 0.0,
+        mean_over_classes: bool = False,
     ):
         super().__init__(mode, ignore_index, from_logits)
+        self.mean_over_classes = bool(mean_over_classes)
         # Not persistent: a training checkpoint should not break when the weights are retuned.
         self.register_buffer("class_weights", as_class_vector("class_weights", class_weights), persistent=False)
         self.label_smoothing = check_range("label_smoothing", label_smoothing, 0.0, 1.0)
@@ -101,10 +105,14 @@ class CrossEntropyLoss(SegmentationLoss):
             per_class = -log_p if weights is None else -log_p * weights.view(1, -1, 1, 1)
             smooth = per_class.sum(dim=1, keepdim=True) / num_classes
             loss = (1 - self.label_smoothing) * loss + self.label_smoothing * smooth
-        return reduce_pixels(loss, valid, weight_map, normaliser)
+        value = reduce_pixels(loss, valid, weight_map, normaliser)
+        return value / num_classes if self.mean_over_classes else value
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", label_smoothing={self.label_smoothing}"
+        return (
+            super().extra_repr()
+            + f", label_smoothing={self.label_smoothing}, mean_over_classes={self.mean_over_classes}"
+        )
 
 
 @register_loss("bce")
@@ -113,7 +121,9 @@ class BCELoss(SegmentationLoss):
 
     ``loss = mean over non-ignored entries of w(x) * -(q * t * log p + (1 - t) * log(1 - p))``
     with ``p = sigmoid(preds)``, ``q`` the positive weight and ``w`` the optional weight map
-    (shared by the ``K`` channels of a pixel). Without ignored entries this is
+    (shared by the ``K`` channels of a pixel). With label smoothing ``s`` the 0/1 target becomes
+    ``t = (1 - s) * y + s * (1 - y)`` (1 → ``1 - s``, 0 → ``s``, as segmentation_models_pytorch's
+    ``SoftBCEWithLogitsLoss(smooth_factor=s)``). Without ignored entries this is
     ``F.binary_cross_entropy_with_logits(preds, target, pos_weight=q)``. Multiclass targets need
     ``"ce"``; ``bce`` refuses that mode rather than guessing a one-hot encoding.
 
@@ -121,6 +131,7 @@ class BCELoss(SegmentationLoss):
         mode: ``"binary"`` (default) or ``"multilabel"``.
         ignore_index, from_logits: as in :class:`~pixelwise.losses.base.SegmentationLoss`.
         pos_weight: weight of positive targets: a number, or one per class in multilabel mode.
+        smooth_factor: label smoothing ``s`` in ``[0, 1]`` (default 0: hard targets).
 
     Shape:
         binary: preds and target ``[N, 1, H, W]`` or ``[N, H, W]``; multilabel: both ``[N, K, H, W]``;
@@ -142,9 +153,11 @@ class BCELoss(SegmentationLoss):
         ignore_index: int | None = IGNORE_INDEX,
         from_logits: bool = True,
         pos_weight: float | Sequence[float] | torch.Tensor | None = None,
+        smooth_factor: float = 0.0,
     ):
         super().__init__(mode, ignore_index, from_logits)
         self.register_buffer("pos_weight", as_class_vector("pos_weight", pos_weight), persistent=False)
+        self.smooth_factor = check_range("smooth_factor", smooth_factor, 0.0, 1.0)
 
     def _mode_hint(self) -> str:
         return ' Use "ce" (softmax cross-entropy) for multiclass targets.'
@@ -152,6 +165,8 @@ class BCELoss(SegmentationLoss):
     def compute(self, preds: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None) -> torch.Tensor:
         valid = valid_mask(target, self.ignore_index)
         t = _sigmoid_target(target, valid, preds.dtype)
+        if self.smooth_factor > 0:
+            t = (1 - self.smooth_factor) * t + self.smooth_factor * (1 - t)
         log_p, log_q = binary_log_probabilities(preds, self.from_logits)
         positive = t * log_p
         if self.pos_weight is not None:
@@ -159,6 +174,9 @@ class BCELoss(SegmentationLoss):
                 check_class_count("pos_weight", self.pos_weight, preds.shape[1])
             positive = positive * self.pos_weight.to(preds.dtype).view(1, -1, 1, 1)
         return reduce_pixels(-(positive + (1 - t) * log_q), valid, weight_map)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", smooth_factor={self.smooth_factor}"
 
 
 @register_loss("focal")
@@ -178,6 +196,8 @@ class FocalLoss(SegmentationLoss):
         gamma: focusing exponent, ``>= 0`` (default 2.0).
         alpha: None (no balancing); binary/multilabel: the weight of positives in ``[0, 1]``;
             multiclass: one non-negative weight per class.
+        mean_over_classes: multiclass only: also divide by ``K``, as Keras segmentation_models'
+            ``CategoricalFocalLoss`` does; used by the ``categorical_focal_*`` Keras aliases.
 
     Shape:
         as the mode (see :mod:`pixelwise.modes`); weight_map ``[N, H, W]``.
@@ -198,9 +218,16 @@ class FocalLoss(SegmentationLoss):
         from_logits: bool = True,
         gamma: float = 2.0,
         alpha: float | Sequence[float] | torch.Tensor | None = None,
+        mean_over_classes: bool = False,
     ):
         super().__init__(mode, ignore_index, from_logits)
         self.gamma = check_range("gamma", gamma, 0.0)
+        if mean_over_classes and self.mode != "multiclass":
+            raise ConfigError(
+                f"focal mean_over_classes=True is for multiclass mode; in {self.mode!r} mode the loss is already "
+                "a mean over all pixels and channels."
+            )
+        self.mean_over_classes = bool(mean_over_classes)
         if alpha is None or self.mode == "multiclass":
             if alpha is not None and not isinstance(alpha, (Sequence, torch.Tensor)):
                 raise ConfigError(f"in multiclass mode focal alpha is a list of per-class weights; got {alpha!r}.")
@@ -228,7 +255,8 @@ class FocalLoss(SegmentationLoss):
             loss = loss * (1 - log_pt.exp()).pow(self.gamma)
         if balance is not None:
             loss = loss * balance
-        return reduce_pixels(loss, valid, weight_map)
+        value = reduce_pixels(loss, valid, weight_map)
+        return value / preds.shape[1] if self.mean_over_classes else value
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", gamma={self.gamma}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, ShapeError, unknown_name
 from pixelwise.metrics._common import (
     DEFAULT_THRESHOLD,
     StreamingMetric,
@@ -14,8 +16,19 @@ from pixelwise.metrics._common import (
     prepare,
     stats_from_counts,
 )
-from pixelwise.metrics.functional import _fbeta, _iou, _precision, _recall, weighted_nanmean
+from pixelwise.metrics.functional import (
+    CONFUSION_SCORES,
+    _fbeta,
+    _iou,
+    _precision,
+    _recall,
+    _reduce,
+    weighted_nanmean,
+)
 from pixelwise.modes import IGNORE_INDEX, Mode, check_mode
+
+MULTILABEL_MATRIX_DIMS = 3
+"""A multilabel matrix is ``[K, 2, 2]``: one 2 × 2 table per class."""
 
 DEFAULT_BETA = 1.0
 """F-score β: 1 weighs precision and recall equally (F1 = Dice)."""
@@ -46,6 +59,57 @@ def confusion_matrix(
         preds, target, mode, num_classes, ignore_index=ignore_index, threshold=threshold, from_logits=from_logits
     )
     return count_pixels(prepared)
+
+
+MATRIX_REDUCTIONS: tuple[str, ...] = ("none", "micro", "macro", "weighted")
+"""Reductions of a dataset-level matrix (smp's, without the per-image ones, which need per-image counts)."""
+
+
+def confusion_metrics(
+    matrix: torch.Tensor,
+    reduction: str | None = "none",
+    class_weights: Sequence[float] | torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """smp's confusion-derived scores of a confusion matrix, each class one-vs-rest.
+
+    The keys are :data:`~pixelwise.metrics.functional.CONFUSION_SCORES`: ``sensitivity``, ``specificity``,
+    ``balanced_accuracy``, ``positive_predictive_value``, ``negative_predictive_value``, ``false_positive_rate``,
+    ``false_negative_rate``, ``false_discovery_rate``, ``false_omission_rate``, ``positive_likelihood_ratio``,
+    ``negative_likelihood_ratio``. Each equals smp's function of the same name on ``get_stats`` counts summed
+    over images, where defined; undefined entries (0 / 0) are NaN and means skip them (smp substitutes
+    ``zero_division``). A likelihood ratio over a zero rate is ``inf``, as in smp.
+
+    Args:
+        matrix: counts from :func:`confusion_matrix` or :attr:`ConfusionMatrix.matrix`: ``[K, K]`` (rows =
+            target, columns = prediction) or multilabel ``[K, 2, 2]``.
+        reduction: "none" (per class, default; None means the same), "micro" (pool tp, fp, fn, tn over
+            classes, then one score), "macro" (nanmean over classes) or "weighted" (weighted by
+            ``class_weights``, or by each class's target pixel count when None).
+        class_weights: per-class weights ``[K]`` for "weighted".
+
+    Returns:
+        float64 tensors, ``[K]`` for "none", scalars otherwise.
+
+    Raises:
+        ConfigError: an unknown reduction, or class_weights that do not fit it.
+        ShapeError: a matrix that is neither ``[K, K]`` nor ``[K, 2, 2]``.
+
+    Example:
+        >>> matrix = torch.tensor([[5, 1], [2, 4]])  # rows = target, columns = prediction
+        >>> confusion_metrics(matrix)["specificity"]
+        tensor([0.6667, 0.8333], dtype=torch.float64)
+    """
+    reduction = "none" if reduction is None else reduction
+    if reduction not in MATRIX_REDUCTIONS:
+        raise unknown_name("reduction", str(reduction), MATRIX_REDUCTIONS, "(per-image reductions need get_stats)")
+    multilabel = matrix.ndim == MULTILABEL_MATRIX_DIMS
+    square = matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]
+    if not (square or (multilabel and tuple(matrix.shape[1:]) == (2, 2))):
+        raise ShapeError(f"matrix must be [K, K] or multilabel [K, 2, 2]; got {list(matrix.shape)}.")
+    # one "image" holding every count: smp's micro / macro / weighted sum over images first, so this is the same
+    stats = tuple(s.unsqueeze(0) for s in stats_from_counts(matrix, multilabel))
+    out = {name: _reduce(formula, stats, reduction, class_weights) for name, formula in CONFUSION_SCORES.items()}
+    return {name: score[0] if reduction == "none" else score for name, score in out.items()}
 
 
 class ConfusionMatrix(StreamingMetric):
@@ -224,6 +288,17 @@ class ConfusionMatrix(StreamingMetric):
                 out[f"{name}_imagewise"] = per_class
                 out[f"mean_{name}_imagewise"] = torch.nanmean(per_class)
         return out
+
+    def confusion_metrics(
+        self, reduction: str | None = "none", class_weights: Sequence[float] | torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """smp's confusion-derived scores (sensitivity, specificity, ..., likelihood ratios) of everything counted
+        so far, summed over processes when ``sync_dist``; see :func:`confusion_metrics` for keys and reductions.
+
+        Binary mode reports both classes (background, foreground), as :meth:`compute` does.
+        """
+        counts = distributed_sum(self._counts) if self.sync_dist else self._counts
+        return confusion_metrics(counts, reduction, class_weights)
 
     def __repr__(self) -> str:
         return (

@@ -1,7 +1,12 @@
 """Per-image pixel statistics (tp, fp, fn, tn) and the scores built from them, with segmentation_models_pytorch's names.
 
 Workflow, as in smp: ``tp, fp, fn, tn = get_stats(preds, target, mode, num_classes)`` gives ``[N, K]`` counts
-(per image, per class), and ``iou_score(tp, fp, fn, tn, reduction="macro")`` reduces them.
+(per image, per class), and ``iou_score(tp, fp, fn, tn, reduction="macro")`` reduces them. Besides IoU,
+F-score, precision, recall and accuracy, smp's confusion-derived set is here under its names: ``sensitivity``,
+``specificity``, ``balanced_accuracy``, ``positive_predictive_value``, ``negative_predictive_value``,
+``false_positive_rate``, ``false_negative_rate``, ``false_discovery_rate``, ``false_omission_rate``,
+``positive_likelihood_ratio``, ``negative_likelihood_ratio`` (per class one-vs-rest; :data:`CONFUSION_SCORES`
+maps the names to the formulas).
 
 Reductions (``reduction=``):
 
@@ -128,6 +133,42 @@ def _accuracy(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Te
     return (tp + tn) / (tp + fp + fn + tn)
 
 
+def _specificity(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return tn / (tn + fp)
+
+
+def _balanced_accuracy(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return (_recall(tp, fp, fn, tn) + _specificity(tp, fp, fn, tn)) / 2
+
+
+def _negative_predictive_value(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return tn / (tn + fn)
+
+
+def _false_negative_rate(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return 1 - _recall(tp, fp, fn, tn)
+
+
+def _false_positive_rate(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return 1 - _specificity(tp, fp, fn, tn)
+
+
+def _false_discovery_rate(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return 1 - _precision(tp, fp, fn, tn)
+
+
+def _false_omission_rate(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return 1 - _negative_predictive_value(tp, fp, fn, tn)
+
+
+def _positive_likelihood_ratio(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return _recall(tp, fp, fn, tn) / _false_positive_rate(tp, fp, fn, tn)
+
+
+def _negative_likelihood_ratio(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    return _false_negative_rate(tp, fp, fn, tn) / _specificity(tp, fp, fn, tn)
+
+
 def weighted_nanmean(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean of the defined (non-NaN) ``scores``; weights are renormalised over those entries.
 
@@ -243,3 +284,54 @@ accuracy = _count_score("accuracy", _accuracy, "Accuracy ``(tp + tn) / (tp + fp 
 
 fbeta_score = f_score
 """smp's name for :func:`f_score`."""
+
+# The rest of smp's confusion-derived set; per class they are one-vs-rest (negatives = every other class).
+sensitivity = _count_score("sensitivity", _recall, "Sensitivity (recall, true positive rate) ``tp / (tp + fn)``.")
+specificity = _count_score("specificity", _specificity, "Specificity (true negative rate) ``tn / (tn + fp)``.")
+balanced_accuracy = _count_score(
+    "balanced_accuracy", _balanced_accuracy, "Balanced accuracy ``(sensitivity + specificity) / 2``."
+)
+positive_predictive_value = _count_score(
+    "positive_predictive_value", _precision, "Positive predictive value (precision) ``tp / (tp + fp)``."
+)
+negative_predictive_value = _count_score(
+    "negative_predictive_value", _negative_predictive_value, "Negative predictive value ``tn / (tn + fn)``."
+)
+false_negative_rate = _count_score(
+    "false_negative_rate", _false_negative_rate, "False negative rate (miss rate) ``1 - sensitivity``."
+)
+false_positive_rate = _count_score(
+    "false_positive_rate", _false_positive_rate, "False positive rate (fall-out) ``1 - specificity``."
+)
+false_discovery_rate = _count_score(
+    "false_discovery_rate", _false_discovery_rate, "False discovery rate ``1 - positive_predictive_value``."
+)
+false_omission_rate = _count_score(
+    "false_omission_rate", _false_omission_rate, "False omission rate ``1 - negative_predictive_value``."
+)
+positive_likelihood_ratio = _count_score(
+    "positive_likelihood_ratio",
+    _positive_likelihood_ratio,
+    "Positive likelihood ratio (LR+) ``sensitivity / false_positive_rate``; ``inf`` when no negative is\n"
+    "    predicted positive (as smp: a non-zero ratio over 0).",
+)
+negative_likelihood_ratio = _count_score(
+    "negative_likelihood_ratio",
+    _negative_likelihood_ratio,
+    "Negative likelihood ratio (LR-) ``false_negative_rate / specificity``.",
+)
+
+CONFUSION_SCORES: dict[str, Callable[..., torch.Tensor]] = {
+    "sensitivity": _recall,
+    "specificity": _specificity,
+    "balanced_accuracy": _balanced_accuracy,
+    "positive_predictive_value": _precision,
+    "negative_predictive_value": _negative_predictive_value,
+    "false_positive_rate": _false_positive_rate,
+    "false_negative_rate": _false_negative_rate,
+    "false_discovery_rate": _false_discovery_rate,
+    "false_omission_rate": _false_omission_rate,
+    "positive_likelihood_ratio": _positive_likelihood_ratio,
+    "negative_likelihood_ratio": _negative_likelihood_ratio,
+}
+"""smp's confusion-derived scores by name: the formulas on float64 tp, fp, fn, tn (0 / 0 = NaN)."""

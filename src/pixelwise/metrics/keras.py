@@ -1,4 +1,4 @@
-"""The Keras ``segmentation_models`` metric API (``sm.metrics.IOUScore``, ``FScore``) on PyTorch tensors.
+"""Keras ``segmentation_models`` metrics (``IOUScore``, ``FScore``, ``Precision``, ``Recall``) on PyTorch tensors.
 
 The formulas are those of that library's ``base/functional.py``, with the smoothing term that keeps empty classes
 finite (an absent class scores ``smooth / smooth = 1``, which is that library's behaviour, not pixelwise's NaN
@@ -8,6 +8,7 @@ policy; use :class:`~pixelwise.metrics.ConfusionMatrix` for dataset-level scores
     tp = Σ gt·pr,  fp = Σ pr − tp,  fn = Σ gt − tp      # over H, W (and the batch unless per_image)
     IoU = (tp + smooth) / (Σ (gt + pr) − tp + smooth)
     F_β = ((1 + β²) tp + smooth) / ((1 + β²) tp + β² fn + fp + smooth)
+    precision = (tp + smooth) / (tp + fp + smooth),  recall = (tp + smooth) / (tp + fn + smooth)
     score = mean over classes of (mean over images if per_image) × class_weights
 
 Differences from Keras: tensors are channels-first ``[N, C, H, W]``; arguments are ``(preds, target)`` in that
@@ -56,7 +57,7 @@ def _one_hot_target(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class _KerasMetric:
-    """Shared parts of :class:`IOUScore` and :class:`FScore`: option checks, channel selection, averaging."""
+    """Shared parts of the metrics below: option checks, channel selection, averaging."""
 
     def __init__(
         self,
@@ -199,3 +200,77 @@ class FScore(_KerasMetric):
         tp, fp, fn = self._stats(preds, target)
         b2 = self.beta**2
         return self._average(((1 + b2) * tp + self.smooth) / ((1 + b2) * tp + b2 * fn + fp + self.smooth))
+
+
+class Precision(_KerasMetric):
+    """Precision ``(tp + smooth) / (tp + fp + smooth)`` with Keras segmentation_models semantics (module docstring).
+
+    Args:
+        class_weights, class_indexes, threshold, per_image, smooth: as in :class:`IOUScore`.
+        name: metric name (default "precision"), also ``__name__``.
+
+    Shape:
+        as in :class:`IOUScore`.
+
+    Returns:
+        a scalar tensor.
+
+    Raises:
+        ShapeError, ConfigError: as in :class:`IOUScore`.
+
+    Example:
+        >>> round(Precision()(torch.ones(1, 1, 2, 2), torch.tensor([[[1, 0], [0, 0]]])).item(), 4)
+        0.25
+    """
+
+    def __init__(
+        self,
+        class_weights: ClassWeights = None,
+        class_indexes: ClassIndexes = None,
+        threshold: float | None = DEFAULT_THRESHOLD,
+        per_image: bool = False,
+        smooth: float = SMOOTH,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(class_weights, class_indexes, threshold, per_image, smooth, name or "precision")
+
+    def __call__(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        tp, fp, _ = self._stats(preds, target)
+        return self._average((tp + self.smooth) / (tp + fp + self.smooth))
+
+
+class Recall(_KerasMetric):
+    """Recall ``(tp + smooth) / (tp + fn + smooth)`` with Keras segmentation_models semantics (module docstring).
+
+    Args:
+        class_weights, class_indexes, threshold, per_image, smooth: as in :class:`IOUScore`.
+        name: metric name (default "recall"), also ``__name__``.
+
+    Shape:
+        as in :class:`IOUScore`.
+
+    Returns:
+        a scalar tensor.
+
+    Raises:
+        ShapeError, ConfigError: as in :class:`IOUScore`.
+
+    Example:
+        >>> round(Recall()(torch.ones(1, 1, 2, 2), torch.tensor([[[1, 0], [0, 0]]])).item(), 4)
+        1.0
+    """
+
+    def __init__(
+        self,
+        class_weights: ClassWeights = None,
+        class_indexes: ClassIndexes = None,
+        threshold: float | None = DEFAULT_THRESHOLD,
+        per_image: bool = False,
+        smooth: float = SMOOTH,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(class_weights, class_indexes, threshold, per_image, smooth, name or "recall")
+
+    def __call__(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        tp, _, fn = self._stats(preds, target)
+        return self._average((tp + self.smooth) / (tp + fn + self.smooth))

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from pixelwise.data.targets import BOUNDARY_CLASSES, Target, TargetOptions
+from pixelwise.data.transforms import DEFAULT_CROP_SAMPLING_RATIO, CropSampling
 from pixelwise.errors import ConfigError, unknown_name
 from pixelwise.io import atomic_path, read_text
 from pixelwise.modes import IGNORE_INDEX, Mode
@@ -46,6 +47,7 @@ RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "samples_per_epoch": (1, None, "400"),
     "batch_size": (1, None, "8"),
     "crop": (MIN_CROP, None, "256"),
+    "crop_sampling_ratio": (0, 1, str(DEFAULT_CROP_SAMPLING_RATIO)),
     "lr": (0, None, "1e-3"),
     "weight_decay": (0, None, "1e-4"),
     "momentum": (0, 1, "0.9"),
@@ -143,6 +145,14 @@ class TrainConfig:
     """Side of the random training crops in pixels (``None``: whole images, which must share a size).
     For ``unet2015`` the input tile, rounded up to a valid size (572 in the paper) and cut from the
     image mirror-padded by the network's border; the loss sees the smaller output tile (388)."""
+    crop_sampling: CropSampling = "uniform"
+    """Where training crops are cut: ``uniform`` (anywhere), ``class_balanced`` (in ``crop_sampling_ratio``
+    of the crops, centred on a pixel of a class drawn uniformly among those in the image: rare classes
+    appear far more often than their pixel share, as MONAI's RandCropByLabelClasses) or ``foreground``
+    (centred on a pixel of any class but 0, as MONAI's RandCropByPosNegLabel). Needs ``crop``."""
+    crop_sampling_ratio: float = DEFAULT_CROP_SAMPLING_RATIO
+    """Share of training crops centred on a chosen pixel with ``crop_sampling`` ``class_balanced`` or
+    ``foreground``, in [0, 1]; the others are uniform."""
     augment: AugmentPreset | list = "light"
     """Preset ``none``, ``light`` or ``strong``, or a list of presets and transforms (see data.transforms)."""
     loss: str | dict[str, float] = "ce+dice"
@@ -152,7 +162,8 @@ class TrainConfig:
     class_weights: str | list[float] | None = None
     """``None``, ``"median"`` (median-frequency balancing from the training masks), ``"sqrt_median"``
     (their square roots: a milder balance, better when the loss has a Dice term, which already
-    weighs classes equally) or one weight per class."""
+    weighs classes equally) or one weight per class. They weight the loss's cross-entropy term
+    (``ce``) when it has one, else every term that takes class weights (``dice``, ``jaccard``, ...)."""
     loss_weight_map: str | None = None
     """Per-pixel loss weights: ``None`` or ``"unet"``, the U-Net border weight map, computed on every augmented
     crop from the instance labels (the data's ``instances/`` folder, else connected components of the mask);
@@ -235,6 +246,11 @@ class TrainConfig:
             raise ConfigError(
                 f"class_weights={self.class_weights!r}: use {' or '.join(map(repr, CLASS_WEIGHTINGS))} "
                 "or a list of numbers, one per class."
+            )
+        if self.crop is None and self.crop_sampling != "uniform":
+            raise ConfigError(
+                f"crop_sampling={self.crop_sampling!r} chooses where crops are cut, but crop=None trains on whole "
+                "images: give --crop (e.g. 256) or use --crop-sampling uniform."
             )
         self._validate_targets()
         return self

@@ -140,6 +140,8 @@ class SegmentationDataModule(L.LightningDataModule):
             crop_size=config.crop,
             ignore_index=config.ignore_index,
             mirror_border=self.mirror_border,
+            crop_sampling=config.crop_sampling,
+            crop_sampling_ratio=config.crop_sampling_ratio,
         )
         prepared = config.scale != 1 or any(config.mask_offset)
         train_transform = PreparedTransform(config.scale, config.mask_offset, augment) if prepared else augment

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,12 +187,18 @@ def save_config(config: TrainConfig, run_dir: Path) -> None:
         config.save(run_dir / "config.yaml")
 
 
-def train(config: TrainConfig, resume: bool = False, start: float | None = None) -> RunResult:
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    start: float | None = None,
+    callbacks: Sequence[L.Callback] = (),
+) -> RunResult:
     """Fit a model as ``config`` says; with ``resume``, continue the run in ``config.runs_dir/config.name``.
 
     ``start`` (a ``time.perf_counter()`` value) is when the budget ``max_minutes`` began: by default
     now; the command line passes the start of its process (:func:`process_start`), so that the whole
-    command keeps the budget.
+    command keeps the budget. ``callbacks``: Lightning callbacks added to the run's own (e.g. the
+    Keras metrics of :func:`pixelwise.fit`).
 
     Raises:
         ConfigError, DataError: a bad option or data folder, before any run directory is written; a run
@@ -231,12 +237,12 @@ def train(config: TrainConfig, resume: bool = False, start: float | None = None)
         enable_version_counter=False,
         save_on_train_epoch_end=False,  # after validation; TimeBudget writes last.ckpt after the other epochs
     )
-    callbacks: list[L.Callback] = [budget, checkpoints, EpochRecords(run_dir, budget)]
+    run_callbacks: list[L.Callback] = [budget, checkpoints, EpochRecords(run_dir, budget)]
     if config.ema_decay is not None:
         # swaps the averaged weights in for validation and puts them in every checkpoint
-        callbacks.append(WeightEMA(decay=config.ema_decay))
+        run_callbacks.append(WeightEMA(decay=config.ema_decay))
     with _without_lightning_tips():
-        trainer = build_trainer(config, run_dir, callbacks)
+        trainer = build_trainer(config, run_dir, [*run_callbacks, *callbacks])
     created = not run_dir.exists()
     save_config(config, run_dir)
     removed = remove_stale_temporaries(run_dir) if trainer.is_global_zero else []

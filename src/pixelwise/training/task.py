@@ -7,6 +7,7 @@ and its schedule.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from pixelwise.errors import ConfigError
-from pixelwise.losses import get_loss
+from pixelwise.losses import get_loss, get_loss_class
+from pixelwise.losses.combine import parse_loss_spec
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models import SegmentationModel, create_model
 from pixelwise.models.base import segmentation_output
@@ -25,6 +27,8 @@ from pixelwise.models.registry import takes_encoder
 from pixelwise.training.config import TrainConfig
 
 STAGES = ("train", "val")
+CLASS_WEIGHTED_LOSSES = ("ce",)
+"""Loss terms the run's ``class_weights`` go to when the loss has one of them (see ``_weighted_spec``)."""
 
 
 def build_model(config: TrainConfig | Mapping[str, Any], in_channels: int, classes: int) -> SegmentationModel:
@@ -102,12 +106,25 @@ class SegmentationTask(L.LightningModule):
         self.loss = self.configure_loss()
         self.metrics = {stage: self.configure_metrics() for stage in STAGES}
 
+    def _weighted_spec(self) -> dict[str, dict]:
+        """The loss spec with the run's class weights given to its cross-entropy term when it has one
+        (region losses such as Dice already weigh the classes equally), else to every term that takes
+        class weights."""
+        terms = parse_loss_spec(self.config.loss)
+        weights = self.hparams.class_weights
+        weighted = [name for name in terms if name in CLASS_WEIGHTED_LOSSES] or [
+            name for name in terms if "class_weights" in inspect.signature(get_loss_class(name)).parameters
+        ]
+        spec = {}
+        for name, (weight, own) in terms.items():
+            extra = {"class_weights": weights} if weights is not None and name in weighted else {}
+            spec[name] = {"weight": weight, **extra, **own}
+        return spec
+
     def configure_loss(self) -> nn.Module:
         config = self.config
         options = dict(config.loss_options or {})
-        if self.hparams.class_weights is not None:
-            options["class_weights"] = self.hparams.class_weights
-        loss = get_loss(config.loss, mode=config.mode, ignore_index=config.ignore_index, **options)
+        loss = get_loss(self._weighted_spec(), mode=config.mode, ignore_index=config.ignore_index, **options)
         if config.loss_weight_map and not getattr(loss, "accepts_weight_map", False):
             raise ConfigError(
                 f"loss_weight_map={config.loss_weight_map!r} needs a per-pixel loss, but loss "
