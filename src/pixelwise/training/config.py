@@ -19,7 +19,7 @@ import yaml
 
 from pixelwise.data.targets import BOUNDARY_CLASSES, Target, TargetOptions
 from pixelwise.data.transforms import DEFAULT_CROP_SAMPLING_RATIO, CropSampling
-from pixelwise.errors import ConfigError, unknown_name
+from pixelwise.errors import ConfigError, check_choice, unknown_name
 from pixelwise.io import atomic_path, read_text
 from pixelwise.modes import IGNORE_INDEX, Mode
 from pixelwise.training.checks import coerce
@@ -38,6 +38,8 @@ SCHEDULERS: tuple[Scheduler, ...] = typing.get_args(Scheduler)
 ACCELERATORS: tuple[Accelerator, ...] = typing.get_args(Accelerator)
 PRECISIONS: tuple[Precision, ...] = typing.get_args(Precision)
 AUGMENT_PRESETS: tuple[AugmentPreset, ...] = typing.get_args(AugmentPreset)
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+"""The Lightning loggers ``logger`` may name (see :mod:`pixelwise.training.loggers`)."""
 MIN_CROP = 8
 """Smallest training crop side, in pixels."""
 RANGES: dict[str, tuple[float | None, float | None, str]] = {
@@ -223,6 +225,10 @@ class TrainConfig:
     """Ask PyTorch for deterministic kernels (slower; for GPU repeatability)."""
     progress: bool = True
     """Show the progress bar."""
+    logger: str | list[str] | None = None
+    """Lightning loggers besides the run's own ``metrics.csv`` and ``curves.png`` (``None``: none): ``csv``,
+    ``tensorboard`` (with images of validation predictions), ``mlflow`` (a file store, no server) or
+    ``wandb`` (offline), written under the run directory; several as a list or ``csv,tensorboard``."""
 
     def validate(self) -> TrainConfig:
         """Check types, choices (the ``Literal`` fields) and ranges; raise ConfigError naming the option and the fix."""
@@ -253,6 +259,7 @@ class TrainConfig:
                 "images: give --crop (e.g. 256) or use --crop-sampling uniform."
             )
         self._validate_targets()
+        self.logger = logger_names(self.logger) or None
         return self
 
     def _validate_targets(self) -> None:
@@ -291,6 +298,21 @@ class TrainConfig:
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def logger_names(logger: str | list[str] | None) -> list[str]:
+    """The logger names of a ``logger`` option: a list, or text separated by commas (``csv,tensorboard``);
+    ``none`` or an empty text is no logger.
+
+    Raises:
+        ConfigError: a name not in :data:`LOGGERS` ("did you mean ...").
+    """
+    items = logger.split(",") if isinstance(logger, str) else list(logger or [])
+    names = [str(item).strip().lower() for item in items]
+    names = [name for name in names if name and name not in ("none", "null")]
+    for name in names:
+        check_choice("logger", name, LOGGERS)
+    return list(dict.fromkeys(names))  # each logger once, in the order given
 
 
 def check_types(config: TrainConfig) -> None:

@@ -40,6 +40,7 @@ from pixelwise.models.registry import read_config, takes_encoder
 from pixelwise.training.callbacks import EpochRecords, TimeBudget, TimeSplit, WeightEMA
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.data import SegmentationDataModule
+from pixelwise.training.loggers import build_loggers, logger_callbacks
 from pixelwise.training.task import SegmentationTask, training_tile
 
 MONITOR = "val_miou"
@@ -323,8 +324,10 @@ def build_trainer(config: TrainConfig, run_dir: Path, callbacks: list[L.Callback
     """The Lightning Trainer of a run (no time limit of its own: :class:`TimeBudget` keeps the budget).
 
     Raises:
-        ConfigError: Lightning refuses the devices, strategy or precision (names the options).
+        ConfigError: Lightning refuses the devices, strategy or precision (names the options); an unknown
+            ``logger``, or one whose package is missing (names the pip command).
     """
+    loggers = build_loggers(config, run_dir)
     try:
         return L.Trainer(
             default_root_dir=run_dir,
@@ -336,9 +339,9 @@ def build_trainer(config: TrainConfig, run_dir: Path, callbacks: list[L.Callback
             precision=precision_for(config),
             gradient_clip_val=config.gradient_clip,
             deterministic=config.deterministic,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *logger_callbacks(config)],
             plugins=[AtomicCheckpointIO()],
-            logger=False,
+            logger=loggers or False,  # metrics.csv and curves.png come from EpochRecords
             enable_progress_bar=config.progress,
             enable_model_summary=False,
             log_every_n_steps=1,
