@@ -105,3 +105,27 @@ def test_evaluate_checks_its_tiling_options(cells, tmp_path, capsys, flags, mess
     assert main([*argv, *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_evaluate_surface_distances_equal_monais_on_the_labels_predict_writes(cells, tmp_path):
+    """``evaluate(surface_tolerance=...)`` against MONAI's functions on the label PNGs ``pixelwise predict`` writes."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+
+    model = unet(tmp_path / "m")
+    main(["predict", str(cells / "val" / "images"), "--model", str(model), "--out", str(tmp_path / "pred")])
+    result = evaluate(model, cells, split="val", out_dir=tmp_path / "e", progress=False, surface_tolerance=1.0)
+    masks = sorted((cells / "val" / "masks").glob("*.png"))
+    one_hot = lambda paths: torch.nn.functional.one_hot(  # noqa: E731
+        torch.stack([torch.from_numpy(np.asarray(Image.open(p)).astype(np.int64)) for p in paths]), 2
+    ).permute(0, 3, 1, 2)
+    truth, pred = one_hot(masks), one_hot([tmp_path / "pred" / m.name for m in masks])
+    expected = {
+        "hausdorff": compute_hausdorff_distance(pred, truth),
+        "hd95": compute_hausdorff_distance(pred, truth, percentile=95),
+        "assd": compute_average_surface_distance(pred, truth, symmetric=True),
+        "nsd": compute_surface_dice(pred, truth, class_thresholds=[1.0]),
+    }
+    for key, values in expected.items():  # [N, 1]: the foreground class, background excluded on both sides
+        assert result.surface[key][0] is None  # background is not scored
+        assert result.surface[key][1] == pytest.approx(float(values[:, 0].mean()), abs=1e-4), key
+    assert result.to_dict()["surface"]["tolerance"] == 1.0

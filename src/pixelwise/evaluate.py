@@ -28,7 +28,7 @@ from pixelwise.inference.predictor import Predictor, RuntimeOptions, TilingOptio
 from pixelwise.inference.tta import check_tta_scales, tta_transforms
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path
-from pixelwise.metrics import ConfusionMatrix
+from pixelwise.metrics import ConfusionMatrix, SurfaceDistances
 from pixelwise.modes import IGNORE_INDEX
 from pixelwise.report import printable, write_report
 from pixelwise.viz import panel, plot_confusion, save_png
@@ -63,6 +63,10 @@ class EvaluationResult:
     images: int
     instances: dict[str, Any] | None = None
     """Object-level means (:class:`~pixelwise.instances.InstanceScores`) when asked for, else None."""
+    surface: dict[str, Any] | None = None
+    """Surface distances when asked for (``surface_tolerance``), else None: per class ``hausdorff``, ``hd95``,
+    ``assd`` (pixels) and ``nsd`` (:class:`~pixelwise.metrics.SurfaceDistances`; ``"inf"`` where a class is on
+    one side only, None where it is on neither), their means, and ``tolerance``."""
     report: Path | None = None
     """The ``report.html`` written."""
 
@@ -70,8 +74,9 @@ class EvaluationResult:
         """The JSON-ready dict of ``metrics.json`` (``instances`` only when scored, no ``report``)."""
         content = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         content.pop("report")
-        if content["instances"] is None:
-            content.pop("instances")
+        for optional in ("instances", "surface"):
+            if content[optional] is None:
+                content.pop(optional)
         return content
 
     def __getitem__(self, key: str) -> Any:
@@ -111,6 +116,7 @@ def evaluate(
     runtime: RuntimeOptions | None = None,
     format: str | None = None,
     layout_options: Mapping[str, Any] | None = None,
+    surface_tolerance: float | None = None,
 ) -> EvaluationResult:
     """Compute metrics of a trained model on ``data``/``split`` and write the evaluation folder.
 
@@ -130,6 +136,10 @@ def evaluate(
     the connected components of the mask) by :class:`pixelwise.instances.InstanceScores`; the means
     go to ``result.instances`` and the report. A boundary-target model is scored semantically as
     background / object.
+
+    With ``surface_tolerance`` (pixels), each image's labels are also scored by surface distances
+    (Hausdorff, HD95, ASSD and normalised surface Dice at that tolerance, as MONAI computes them) into
+    ``result.surface``.
 
     ``data`` may be any layout of :mod:`pixelwise.data.layouts` (detected, or named by ``format``,
     with ``layout_options``), as for :class:`~pixelwise.data.SegmentationFolder`; when neither is given
@@ -154,7 +164,9 @@ def evaluate(
     scorer = InstanceScorer(loaded.target, loaded.separation_gap, instance_method) if instances else None
     out = Path(out_dir) if out_dir else (loaded.run_dir or Path(model_path)) / f"eval-{split or 'all'}"
     out.mkdir(parents=True, exist_ok=True)
-    total, per_image = _score_images(predictor, dataset, len(classes.names), ignore, boundary, scorer, progress)
+    surface = None if surface_tolerance is None else SurfaceDistances(len(classes.names), tolerance=surface_tolerance)
+    scorers = (scorer, surface)
+    total, per_image = _score_images(predictor, dataset, len(classes.names), ignore, boundary, scorers, progress)
     if not int(total.matrix.sum()):
         raise DataError(
             f"every mask pixel of {str(dataset.layout.base)!r} equals ignore_index {ignore}: there is nothing to "
@@ -169,6 +181,7 @@ def evaluate(
         support=total.matrix.sum(1).tolist(),
         images=len(dataset),
         instances=None if scorer is None else scorer.compute(),
+        surface=None if surface is None else _surface_summary(surface, surface_tolerance),
     )
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -178,6 +191,7 @@ def evaluate(
     notes += [f"test-time augmentation: {tta}"] if tta else []
     notes += [f"test-time scales: {', '.join(f'{s:g}' for s in tta_scales)}"] if tta_scales else []
     notes += [f"tiles of {predictor.tile_size} px"] if predictor.tile_size else []
+    notes += [f"surface distances in pixels, NSD tolerance {surface_tolerance:g} px"] if surface is not None else []
     title = f"pixelwise evaluation: {Path(str(data)).name}/{split or ''}"
     return dataclasses.replace(
         result, report=_write_report(out, title, result, classes, loaded.run_dir, gallery, notes)
@@ -252,10 +266,12 @@ def _score_images(
     num_classes: int,
     ignore: int,
     boundary: bool,
-    scorer: InstanceScorer | None,
+    scorers: tuple[InstanceScorer | None, SurfaceDistances | None],
     progress: bool,
 ) -> tuple[ConfusionMatrix, list[tuple[float, int, np.ndarray]]]:
-    """Predict every image; return the summed confusion matrix and ``(mIoU, index, labels)`` of each image."""
+    """Predict every image; return the summed confusion matrix and ``(mIoU, index, labels)`` of each image
+    (``scorers``: the object and surface-distance scores to update too, when asked for)."""
+    scorer, surface = scorers
     total = ConfusionMatrix(num_classes, ignore_index=ignore)
     per_image: list[tuple[float, int, np.ndarray]] = []
     items = range(len(dataset))
@@ -274,10 +290,25 @@ def _score_images(
         if scorer is not None:
             scorer.update(probabilities, sample.get("instances"), sample["mask"], ignore)
         total.update(labels, target)
+        if surface is not None:
+            surface.update(labels, target)
         single = ConfusionMatrix(num_classes, ignore_index=ignore)
         single.update(labels, target)
         per_image.append((float(single.compute()["mean_iou"]), index, labels[0].numpy().astype(np.uint8)))
     return total, per_image
+
+
+def _surface_summary(surface: SurfaceDistances, tolerance: float) -> dict[str, Any]:
+    """The surface distances as JSON values: per-class lists (``"inf"`` for infinite, None for NaN) and means."""
+
+    def value(v: float) -> float | str | None:
+        return None if math.isnan(v) else ("inf" if math.isinf(v) else float(v))
+
+    found = surface.compute()
+    summary: dict[str, Any] = {"tolerance": float(tolerance)}
+    for key, scores in found.items():
+        summary[key] = [value(v) for v in scores.tolist()] if scores.ndim else value(float(scores))
+    return summary
 
 
 def _object_classes(data_classes: ClassInfo, ignore: int) -> ClassInfo:

@@ -10,6 +10,7 @@ from pixelwise.cli._data import add_data_arguments
 from pixelwise.cli._table import fmt, table
 from pixelwise.evaluate import GALLERY_SIZE
 from pixelwise.instances.postprocess import METHODS as INSTANCE_METHODS
+from pixelwise.metrics.surface import DEFAULT_TOLERANCE
 
 
 def add_parser(commands: Any) -> None:
@@ -36,6 +37,16 @@ def add_parser(commands: Any) -> None:
     )
     _tiling.add_tiling_arguments(evaluate, 0)
     _tiling.add_device_argument(evaluate)
+    evaluate.add_argument(
+        "--surface-distances",
+        nargs="?",
+        const=DEFAULT_TOLERANCE,
+        default=None,
+        type=float,
+        metavar="TOLERANCE",
+        help="also score per-class Hausdorff, HD95, ASSD and normalised surface Dice (as MONAI), in pixels; "
+        f"TOLERANCE: the surface Dice tolerance (default {DEFAULT_TOLERANCE:g} px)",
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=run)
 
@@ -61,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         format=args.format,
         layout_options=args.data_options,
+        surface_tolerance=args.surface_distances,
     )
     columns = (result.class_names, result.iou, result.f1, result.precision, result.recall)
     rows = [[name, fmt(iou), fmt(f1), fmt(p), fmt(r)] for name, iou, f1, p, r in zip(*columns, strict=True)]
@@ -73,5 +85,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"instances ({found['method']}): " + "  ".join(f"{k} {fmt(found[k])}" for k in keys))
         ap_keys = (("ap50", "AP50"), ("ap75", "AP75"), ("map", "mAP@0.5:0.95"), ("aji", "AJI"))
         print("instance AP (IoU >= t, pooled): " + "  ".join(f"{label} {fmt(found.get(k))}" for k, label in ap_keys))
+    if result.surface is not None:
+        means = {k: result.surface[f"mean_{k}"] for k in ("hausdorff", "hd95", "assd", "nsd")}
+        shown = "  ".join(f"{k} {v if isinstance(v, str) else fmt(v)}" for k, v in means.items())  # "inf" as text
+        print(f"surface distances (px, mean over classes): {shown}")
     print(f"report: {result.report}")
     return 0
