@@ -57,16 +57,19 @@ def _one_hot_target(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class _KerasMetric:
-    """Shared parts of the metrics below: option checks, channel selection, averaging."""
+    """Shared parts of the metrics below: the constructor (options checked), channel selection, averaging."""
+
+    default_name = ""
+    """The metric's name when none is given (Keras' spelling, e.g. ``iou_score``)."""
 
     def __init__(
         self,
-        class_weights: ClassWeights,
-        class_indexes: ClassIndexes,
-        threshold: float | None,
-        per_image: bool,
-        smooth: float,
-        name: str,
+        class_weights: ClassWeights = None,
+        class_indexes: ClassIndexes = None,
+        threshold: float | None = DEFAULT_THRESHOLD,
+        per_image: bool = False,
+        smooth: float = SMOOTH,
+        name: str | None = None,
     ) -> None:
         if smooth < 0:
             raise ConfigError(f"smooth must be >= 0; got {smooth!r}.")
@@ -75,7 +78,7 @@ class _KerasMetric:
         self.threshold = threshold
         self.per_image = per_image
         self.smooth = smooth
-        self.name = self.__name__ = name
+        self.name = self.__name__ = name or self.default_name
 
     def _stats(self, preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tp, fp, fn summed over H, W (and N unless ``per_image``): ``[C]`` or ``[N, C]``."""
@@ -142,16 +145,7 @@ class IOUScore(_KerasMetric):
         torch.Size([])
     """
 
-    def __init__(
-        self,
-        class_weights: ClassWeights = None,
-        class_indexes: ClassIndexes = None,
-        threshold: float | None = DEFAULT_THRESHOLD,
-        per_image: bool = False,
-        smooth: float = SMOOTH,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(class_weights, class_indexes, threshold, per_image, smooth, name or "iou_score")
+    default_name = "iou_score"
 
     def __call__(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tp, fp, fn = self._stats(preds, target)
@@ -223,16 +217,7 @@ class Precision(_KerasMetric):
         0.25
     """
 
-    def __init__(
-        self,
-        class_weights: ClassWeights = None,
-        class_indexes: ClassIndexes = None,
-        threshold: float | None = DEFAULT_THRESHOLD,
-        per_image: bool = False,
-        smooth: float = SMOOTH,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(class_weights, class_indexes, threshold, per_image, smooth, name or "precision")
+    default_name = "precision"
 
     def __call__(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tp, fp, _ = self._stats(preds, target)
@@ -260,16 +245,7 @@ class Recall(_KerasMetric):
         1.0
     """
 
-    def __init__(
-        self,
-        class_weights: ClassWeights = None,
-        class_indexes: ClassIndexes = None,
-        threshold: float | None = DEFAULT_THRESHOLD,
-        per_image: bool = False,
-        smooth: float = SMOOTH,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(class_weights, class_indexes, threshold, per_image, smooth, name or "recall")
+    default_name = "recall"
 
     def __call__(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tp, _, fn = self._stats(preds, target)
