@@ -1,8 +1,10 @@
-"""The Keras segmentation_models workflow in pixelwise: build, fit on arrays, read the history, predict.
+"""The Keras segmentation_models workflow in pixelwise: build, compile, fit on arrays, read the history, predict.
 
-    model = Unet('resnet18', classes=3, activation='softmax', encoder_weights=None, encoder_freeze=True)
-    result = pixelwise.fit(model, x_train, y_train, validation_data=(x_val, y_val), loss='dice',
-                           metrics=[IOUScore(threshold=0.5), FScore(threshold=0.5)], epochs=..., batch_size=...)
+    model = KerasModel(Unet('resnet18', classes=3, activation='softmax', encoder_weights=None, encoder_freeze=True))
+    model.compile(loss='categorical_crossentropy', optimizer='adam', lr=0.001,
+                  metrics=[IOUScore(threshold=0.5), FScore(threshold=0.5)])
+    history = model.fit(x_train, y_train, batch_size=8, epochs=20, validation_data=(x_val, y_val)).history
+    probabilities = model.predict(x_val)     # [N, H, W, 3], any image size
 
 Data: synthetic cell images (``pixelwise.data.synthetic.cells``) with the seed's three classes, background /
 cell interior / cell boundary (built from the instance labels), as NumPy arrays ``[N, H, W, 1]`` uint8 and
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> FitResult:
     x_train, y_train = three_class_arrays(args.train, args.size, seed=0)
     x_val, y_val = three_class_arrays(args.val, args.size, seed=1)
     decoder = [256, 128, 64, 32, 16][-args.encoder_depth :]
-    model = pixelwise.Unet(
+    unet = pixelwise.Unet(
         "resnet18",
         in_channels=1,
         classes=CLASSES,
@@ -66,26 +68,27 @@ def main(argv: Sequence[str] | None = None) -> FitResult:
         encoder_depth=args.encoder_depth,
         decoder_channels=decoder,
     )
-    result = pixelwise.fit(
-        model,
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        loss="dice",
+    model = pixelwise.KerasModel(unet)
+    model.compile(
+        loss="categorical_crossentropy",
         optimizer="adam",
         lr=1e-3,
         metrics=[IOUScore(threshold=THRESHOLD), FScore(threshold=THRESHOLD)],
+    )
+    result = model.fit(
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        validation_data=(x_val, y_val),
         runs_dir=args.runs_dir,
         name=args.name,
         progress=False,
     )
     for key, values in result.history.items():
         print(f"{key:>15}: " + " ".join(f"{v:.3f}" for v in values))
-    # the trained model with its input normalisation: any image size, [H, W, C] arrays in, [K, H, W] out
-    predictor = pixelwise.Predictor(result.model_dir)
-    probabilities = np.stack([predictor.predict(image) for image in x_val[:2]])
+    # the trained model with its input normalisation: any image size, Keras' [N, H, W, K] out
+    probabilities = model.predict(x_val[:2])
     print(f"probabilities {probabilities.shape}; run directory: {result.run_dir}")
     return result
 

@@ -16,9 +16,10 @@ from torchvision.transforms import v2
 
 from pixelwise.cli.train import add_train_arguments, overrides_from
 from pixelwise.data.synthetic import write_synthetic
-from pixelwise.data.transforms import build_transforms
+from pixelwise.data.transforms import build_transforms, class_presence
 from pixelwise.errors import ConfigError
 from pixelwise.training.config import TrainConfig, resolve
+from pixelwise.training.data import SegmentationDataModule
 from pixelwise.training.run import train
 from settings import TINY_TRAIN
 
@@ -178,10 +179,90 @@ def test_config_fields_flags_and_errors():
         build_transforms("none", crop_size=CROP, crop_sampling="foreground", crop_sampling_ratio=2)
 
 
-def test_two_epoch_training_with_class_balanced_crops(tmp_path):
+@pytest.mark.parametrize("sampling", ["class_balanced", "rare_class"])
+def test_two_epoch_training_with_data_set_level_crops(tmp_path, sampling):
     data = write_synthetic(tmp_path / "shapes", "shapes", n_train=4, n_val=2, size=96, seed=0)
-    options = {**TINY_TRAIN, "crop_sampling": "class_balanced", "crop_sampling_ratio": 0.8}
+    options = {**TINY_TRAIN, "crop_sampling": sampling, "crop_sampling_ratio": 0.8}
     train(TrainConfig(data=str(data), runs_dir=str(tmp_path), name="cb", **options))
     saved = yaml.safe_load((tmp_path / "cb" / "config.yaml").read_text())
-    assert (saved["crop_sampling"], saved["crop_sampling_ratio"]) == ("class_balanced", 0.8)
+    assert (saved["crop_sampling"], saved["crop_sampling_ratio"]) == (sampling, 0.8)
     assert (tmp_path / "cb" / "last.ckpt").is_file()
+
+
+def presence_masks() -> list[np.ndarray]:
+    """Eight 64 x 64 masks: classes 0 and 1 in halves everywhere, class 2 (1 % of the pixels) in the first only."""
+    common = np.zeros((SIZE, SIZE), dtype=np.int64)
+    common[:, : SIZE // 2] = 1
+    return [rare_mask().numpy()] + [common.copy() for _ in range(7)]
+
+
+def expected_class_probability(masks: list[np.ndarray], sampling: str) -> np.ndarray:
+    """p(c) from the definitions: uniform over the classes present, or DAFormer's exp((1 - f_c) / 0.01)."""
+    pixels = np.array([np.sum([(m == c).sum() for m in masks]) for c in range(4)], dtype=np.float64)
+    if sampling == "class_balanced":
+        scores = (pixels > 0).astype(np.float64)
+    else:
+        scores = np.where(pixels > 0, np.exp((1 - pixels / pixels.sum()) / 0.01), 0.0)
+    return scores / scores.sum()
+
+
+@pytest.mark.parametrize("sampling", ["class_balanced", "rare_class"])
+@pytest.mark.parametrize("ratio", [0.5, 1.0])
+def test_class_presence_centres_each_class_as_often_as_its_probability(sampling, ratio):
+    masks = presence_masks()
+    presence = class_presence(masks, num_classes=4, sampling=sampling)  # class 3 is in no mask: never drawn
+    np.testing.assert_array_equal(presence.present.sum(axis=0), [8, 8, 1, 0])
+    expected = expected_class_probability(masks, sampling)
+    np.testing.assert_allclose(presence.class_probability, expected, rtol=1e-9)
+    weights = presence.image_weights(ratio)
+    assert weights.sum() == pytest.approx(1.0)
+    # the chance a crop is centred on each class, summed over images, from the factorisation's parts
+    centred = np.zeros(4)
+    for weight, row in zip(weights, presence.present, strict=True):
+        classes = np.flatnonzero(row)
+        within = presence.class_weights[classes] / presence.class_weights[classes].sum()
+        centred[classes] += weight * presence.centre_probability(classes, ratio) * within
+    np.testing.assert_allclose(centred, ratio * expected, atol=1e-12)
+
+
+def test_rare_class_draws_favour_the_class_with_fewest_pixels():
+    presence = class_presence(presence_masks(), num_classes=4, sampling="rare_class")
+    assert presence.class_probability[RARE] > 0.99  # 42 of 32768 pixels against halves: e^{0.5/0.01} apart
+    with pytest.raises(ConfigError, match=r"rare_class.*class_presence"):
+        build_transforms("none", crop_size=CROP, crop_sampling="rare_class")
+
+
+def test_data_set_level_class_balanced_crops_hold_the_rare_class_far_more_often():
+    masks = [torch.from_numpy(m) for m in presence_masks()]
+    presence = class_presence(masks, num_classes=3)
+    ratio, generator = 1.0, np.random.default_rng(0)
+    torch.manual_seed(0)
+    over_data = build_transforms(
+        "none", crop_size=CROP, crop_sampling="class_balanced", crop_sampling_ratio=ratio, class_presence=presence
+    )
+    per_image = build_transforms("none", crop_size=CROP, crop_sampling="class_balanced", crop_sampling_ratio=ratio)
+    image = torch.rand(3, SIZE, SIZE)
+    drawn = generator.choice(len(masks), size=DRAWS, p=presence.image_weights(ratio))
+    hits = sum(bool((over_data(image, masks[i])[1] == RARE).any()) for i in drawn) / DRAWS
+    uniform_images = generator.integers(len(masks), size=DRAWS)
+    hits_per_image = sum(bool((per_image(image, masks[i])[1] == RARE).any()) for i in uniform_images) / DRAWS
+    # over the data set: a third of the crops are centred on the rare class (and always hold it)
+    assert hits >= 1 / 3 - SIGMAS * math.sqrt(2 / 9 / DRAWS)
+    # within each image: only the one image in eight holding it, a third of its crops
+    assert hits_per_image <= 1 / 8 * (1 / 3 + uniform_share(masks[0].numpy())) + SIGMAS * math.sqrt(0.05 / DRAWS)
+
+
+def test_training_draws_images_holding_a_rare_class_more_often(tmp_path):
+    data = write_synthetic(tmp_path / "shapes", "shapes", n_train=4, n_val=2, size=96, seed=0)
+    config = TrainConfig(data=str(data), runs_dir=str(tmp_path), **{**TINY_TRAIN, "crop_sampling": "class_balanced"})
+    module = SegmentationDataModule(config, num_classes=4)
+    module.setup()
+    masks = [module.train_set.read_mask(i) for i in range(4)]
+    holding = np.array([[(m == c).any() for c in range(4)] for m in masks])
+    np.testing.assert_array_equal(module.presence.present, holding)
+    sampler = module.train_dataloader().sampler
+    assert isinstance(sampler, torch.utils.data.WeightedRandomSampler)
+    uniform = SegmentationDataModule(TrainConfig(data=str(data), **TINY_TRAIN), num_classes=4)
+    uniform.setup()
+    assert uniform.presence is None
+    assert isinstance(uniform.train_dataloader().sampler, torch.utils.data.RandomSampler)

@@ -38,7 +38,7 @@ def test_example_runs_and_leaves_a_cli_run_directory(tmp_path, capsys):
     probabilities = pixelwise.Predictor(result.model_dir).predict(np.zeros((37, 53, 1), np.uint8))
     assert probabilities.shape == (3, 37, 53)
     np.testing.assert_allclose(probabilities.sum(0), 1, atol=1e-5)
-    assert "probabilities (2, 3, 48, 48)" in capsys.readouterr().out
+    assert "probabilities (2, 48, 48, 3)" in capsys.readouterr().out
 
 
 def test_fit_loads_the_best_weights_into_the_model_and_resumes(tmp_path):

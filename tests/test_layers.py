@@ -1,9 +1,9 @@
 """The data path runs one way: a module may import its own layer and the layers below it, never one above.
 
 Layers, lowest first (DESIGN.md): errors/modes/io → data → models → losses/metrics → bundle → convert → training →
-inference → instances → evaluation/report → cli. ``viz`` is a leaf that any layer may use; it may itself
-import only the two lowest layers. Every ``import`` counts, at module level and inside functions alike:
-an import inside a function is no way around the order.
+inference → instances → evaluation/report (and the Keras-style ``keras_model``) → cli. ``viz`` is a leaf that
+any layer may use; it may itself import only the two lowest layers. Every ``import`` counts, at module level
+and inside functions alike: an import inside a function is no way around the order.
 
 The research studies (``pixelwise_experiments``, in the repository's ``experiments/`` folder) sit outside
 the package, above all of it: no pixelwise module imports them, and their own modules import one way too
@@ -29,7 +29,7 @@ LAYERS = [
     ("training",),
     ("inference",),
     ("instances",),
-    ("evaluate", "evaluation", "report", "demo"),
+    ("evaluate", "evaluation", "report", "demo", "keras_model"),
     ("cli", "__init__", "__main__"),
 ]
 LEAVES = {"viz": 1}

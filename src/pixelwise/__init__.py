@@ -19,6 +19,7 @@ from pixelwise.errors import (
     WeightsError,
 )
 from pixelwise.inference import Predictor, predict_arrays
+from pixelwise.keras_model import KerasModel
 from pixelwise.models import *  # noqa: F403
 from pixelwise.models import __all__ as _models_all
 from pixelwise.training.fit import fit
@@ -29,6 +30,7 @@ __all__ = [
     "ExportError",
     "InputSizeError",
     "InputTypeError",
+    "KerasModel",
     "PixelwiseError",
     "Predictor",
     "predict_arrays",

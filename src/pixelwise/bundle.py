@@ -42,8 +42,13 @@ PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "input_range": "unit",
     "ignore_index": None,
     "mask_values": None,
+    "instance_options": None,
+    "instance_tuning": None,
 }
 """Values of the optional ``preprocessing.json`` keys when the file leaves them out (older runs)."""
+INSTANCE_OPTION_KEYS = ("method", "markers", "threshold", "marker_threshold", "h", "min_size")
+"""Keys of ``instance_options``: keyword arguments of :func:`pixelwise.instances.to_instances` (checked for type and
+range here; method and marker names are checked by ``to_instances`` itself, which owns their lists)."""
 RAW = "uint8-raw"
 """ONNX ``input_format`` of a graph that takes raw ``uint8`` pixels and normalises them itself."""
 FLOAT = "float-normalised"
@@ -66,6 +71,10 @@ class Preprocessing:
         target: ``semantic`` or ``boundary``: what the model was trained on (see :data:`TARGETS`).
         separation_gap: pixels cut from each side of touching objects in the training target.
         extra: keys the file holds that this schema does not know (kept, and written back).
+        instance_options: post-processing chosen for this model (``pixelwise tune-instances``): keyword
+            arguments of :func:`~pixelwise.instances.to_instances` (:data:`INSTANCE_OPTION_KEYS`), which
+            ``predict --instances`` and ``evaluate --instances`` use unless given explicit options; None: defaults.
+        instance_tuning: how ``instance_options`` were chosen (objective, scores, data, split), for the record.
     """
 
     mean: list[float] = field(default_factory=lambda: [0.0])
@@ -78,6 +87,9 @@ class Preprocessing:
     target: str = PREPROCESSING_DEFAULTS["target"]
     separation_gap: int = PREPROCESSING_DEFAULTS["separation_gap"]
     extra: dict[str, Any] = field(default_factory=dict)
+    # after extra: positional construction in the order of earlier releases keeps working
+    instance_options: dict[str, Any] | None = PREPROCESSING_DEFAULTS["instance_options"]
+    instance_tuning: dict[str, Any] | None = PREPROCESSING_DEFAULTS["instance_tuning"]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
@@ -334,7 +346,77 @@ def _checked_preprocessing(values: dict[str, Any], in_channels: int | None) -> d
             )
         mask_values = {int(k): v for k, v in pairs}
     fixed = {"scale": scale, "target": target, "separation_gap": gap, "mask_offset": tuple(offset)}
-    return checked | fixed | {"mask_values": mask_values}
+    tuning = values.get("instance_tuning")
+    if tuning is not None and not isinstance(tuning, dict):
+        raise ValueError(f"'instance_tuning' must be an object, got {tuning!r}")
+    instances = {"instance_options": _instance_options(values.get("instance_options")), "instance_tuning": tuning}
+    return checked | fixed | {"mask_values": mask_values} | instances
+
+
+def _instance_options(options: Any) -> dict[str, Any] | None:
+    """``instance_options`` checked: None, or an object of :data:`INSTANCE_OPTION_KEYS` with values of their type.
+
+    Raises:
+        ValueError: naming the key, what it must be and the value.
+    """
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise ValueError(f"'instance_options' must be an object such as {{\"min_size\": 10}}, got {options!r}")
+    unknown = sorted(set(options) - set(INSTANCE_OPTION_KEYS))
+    if unknown:
+        known = ", ".join(INSTANCE_OPTION_KEYS)
+        raise ValueError(f"'instance_options' has the unknown key {unknown[0]!r} (known: {known})")
+    checked = dict(options)
+    for key in ("method", "markers"):
+        if key in options and not isinstance(options[key], str):
+            raise ValueError(f"'instance_options.{key}' must be a name, got {options[key]!r}")
+    for key in ("threshold", "marker_threshold", "h"):
+        if options.get(key) is None:  # threshold None: the argmax decides the foreground
+            if key in options and key != "threshold":
+                raise ValueError(f"'instance_options.{key}' must be a number, got None")
+            continue
+        number = _floats(options, key, scalar=True)[0]
+        if (key == "h" and number <= 0) or (key != "h" and not 0 <= number <= 1):
+            wanted = "a number > 0" if key == "h" else "a probability in [0, 1]"
+            raise ValueError(f"'instance_options.{key}' must be {wanted}, got {options[key]!r}")
+        checked[key] = number
+    size = options.get("min_size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"'instance_options.min_size' must be an integer >= 0, got {size!r}")
+    return checked
+
+
+def save_instance_options(
+    model_dir: str | Path, options: dict[str, Any] | None, tuning: dict[str, Any] | None = None
+) -> Path:
+    """Store post-processing options (and how they were chosen) in a model folder's ``preprocessing.json``,
+    atomically, keeping every other key; ``options=None`` removes them again.
+
+    Args:
+        model_dir: the model folder (``runs/<name>/model``) or its run directory.
+        options: :data:`INSTANCE_OPTION_KEYS` values (see :attr:`Preprocessing.instance_options`).
+        tuning: a JSON-ready record of how they were chosen.
+
+    Returns:
+        The ``preprocessing.json`` written.
+
+    Raises:
+        WeightsError: the existing file is damaged, or ``options`` has a bad key or value (nothing is written).
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / "model" / CONFIG_NAME).is_file():
+        model_dir = model_dir / "model"
+    facts = Preprocessing.from_dict(read_preprocessing(model_dir, require=()))
+    try:
+        facts.instance_options = _instance_options(options)
+    except ValueError as error:
+        raise WeightsError(f"cannot store instance options in {str(model_dir)!r}: {error}.") from error
+    facts.instance_tuning = None if options is None else tuning
+    path = model_dir / PREPROCESSING_NAME
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(facts.to_dict(), indent=2) + "\n")
+    return path
 
 
 def _floats(values: dict[str, Any], key: str, scalar: bool = False) -> list[float]:

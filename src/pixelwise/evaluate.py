@@ -26,6 +26,7 @@ from pixelwise.inference.loaded import LoadedModel as LoadedModel  # re-exported
 from pixelwise.inference.loaded import load_model as load_model
 from pixelwise.inference.predictor import Predictor, RuntimeOptions, TilingOptions, labels_from_scores
 from pixelwise.inference.tta import check_tta_scales, tta_transforms
+from pixelwise.instances.outputs import model_instance_options
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path
 from pixelwise.metrics import ConfusionMatrix, SurfaceDistances
@@ -117,6 +118,7 @@ def evaluate(
     format: str | None = None,
     layout_options: Mapping[str, Any] | None = None,
     surface_tolerance: float | None = None,
+    instance_options: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Compute metrics of a trained model on ``data``/``split`` and write the evaluation folder.
 
@@ -131,11 +133,14 @@ def evaluate(
     copies (each flip at each scale; see :class:`~pixelwise.inference.Predictor`).
 
     With ``instances``, each image's probabilities also become instances
-    (:func:`pixelwise.instances.to_instances` with ``instance_method``; ``"auto"``: watershed for a
-    boundary-target model, else components), scored against the data's ``instances/`` labels (else
-    the connected components of the mask) by :class:`pixelwise.instances.InstanceScores`; the means
-    go to ``result.instances`` and the report. A boundary-target model is scored semantically as
-    background / object.
+    (:func:`pixelwise.instances.to_instances` with the options stored with the model by
+    ``pixelwise tune-instances``, replaced by ``instance_method`` unless ``"auto"`` and by the
+    ``instance_options`` given, e.g. ``{"min_size": 25, "threshold": 0.4}``; without any: watershed for
+    a boundary-target model, else components, at the library's defaults), scored against the data's
+    ``instances/`` labels (else the connected components of the mask) by
+    :class:`pixelwise.instances.InstanceScores`; the means and the ``options`` used go to
+    ``result.instances`` and the report. A boundary-target model is scored semantically as background /
+    object.
 
     With ``surface_tolerance`` (pixels), each image's labels are also scored by surface distances
     (Hausdorff, HD95, ASSD and normalised surface Dice at that tolerance, as MONAI computes them) into
@@ -161,7 +166,11 @@ def evaluate(
     boundary = loaded.target == "boundary"
     classes = _object_classes(dataset.classes, ignore) if boundary else loaded.classes
     predictor = Predictor(loaded, tiling=tiling, runtime=runtime, tta=tta, tta_scales=tta_scales)
-    scorer = InstanceScorer(loaded.target, loaded.separation_gap, instance_method) if instances else None
+    explicit = {**(instance_options or {}), "method": instance_method}
+    postprocess = model_instance_options(model_path, explicit, loaded.target) if instances else {}
+    scorer = (
+        InstanceScorer(loaded.target, loaded.separation_gap, postprocess["method"], postprocess) if instances else None
+    )
     out = Path(out_dir) if out_dir else (loaded.run_dir or Path(model_path)) / f"eval-{split or 'all'}"
     out.mkdir(parents=True, exist_ok=True)
     surface = None if surface_tolerance is None else SurfaceDistances(len(classes.names), tolerance=surface_tolerance)
@@ -180,7 +189,7 @@ def evaluate(
         confusion_matrix=total.matrix.tolist(),
         support=total.matrix.sum(1).tolist(),
         images=len(dataset),
-        instances=None if scorer is None else scorer.compute(),
+        instances=None if scorer is None else scorer.compute() | {"options": postprocess},
         surface=None if surface is None else _surface_summary(surface, surface_tolerance),
     )
     with atomic_path(out / "metrics.json") as tmp:

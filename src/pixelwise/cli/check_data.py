@@ -27,6 +27,13 @@ def add_parser(commands: Any) -> None:
     add_data_arguments(check)
     check.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
     check.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="print the data fingerprint a training plan is derived from (sizes, intensities, class shares, "
+        "object sizes and widths, orientation, mask offset) instead of the report; of --split, default: the "
+        "training split",
+    )
+    check.add_argument(
         "--classes",
         default=None,
         metavar="K|FILE",
@@ -52,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
             num_classes = int(args.classes)
         else:
             classes = ClassInfo.load(args.classes)
+    if args.fingerprint:
+        return _print_fingerprint(args, classes, num_classes)
     report = check_dataset(
         args.path,
         split=args.split,
@@ -64,3 +73,22 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.format(max_problems=None))
     return 0 if report.ok else 1
+
+
+def _print_fingerprint(args: argparse.Namespace, classes: Any, num_classes: int | None) -> int:
+    """Compute the fingerprint of one split and print its summary (or all of it as JSON)."""
+    from pixelwise.data.fingerprint import compute_fingerprint, default_split
+
+    split = args.split if args.split is not None else default_split(args.path, args.format, args.data_options)
+    fingerprint = compute_fingerprint(
+        args.path,
+        split,
+        num_classes=num_classes,
+        classes=classes,
+        ignore_index=args.ignore_index,
+        format=args.format,
+        layout_options=args.data_options,
+        progress=False if args.json else None,
+    )
+    print(json.dumps(fingerprint.to_dict(), indent=2, ensure_ascii=False) if args.json else fingerprint.summary())
+    return 0

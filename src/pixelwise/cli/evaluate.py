@@ -8,8 +8,8 @@ from typing import Any
 from pixelwise.cli import _tiling
 from pixelwise.cli._data import add_data_arguments
 from pixelwise.cli._table import fmt, table
+from pixelwise.cli.tune_instances import add_postprocess_arguments, postprocess_overrides
 from pixelwise.evaluate import GALLERY_SIZE
-from pixelwise.instances.postprocess import METHODS as INSTANCE_METHODS
 from pixelwise.metrics.surface import DEFAULT_TOLERANCE
 
 
@@ -29,12 +29,7 @@ def add_parser(commands: Any) -> None:
         "(AP50, AP75, mAP) and AJI (true objects from the data's instance labels, else connected components "
         "of the masks)",
     )
-    evaluate.add_argument(
-        "--instance-method",
-        choices=("auto", *INSTANCE_METHODS),
-        default="auto",
-        help="how probabilities become objects (default auto: watershed for --target boundary models, else components)",
-    )
+    add_postprocess_arguments(evaluate)
     _tiling.add_tiling_arguments(evaluate, 0)
     _tiling.add_device_argument(evaluate)
     evaluate.add_argument(
@@ -56,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from pixelwise.evaluate import evaluate
 
     _tiling.check_tiling_arguments(args)
+    postprocess = postprocess_overrides(args)
     result = evaluate(
         args.checkpoint,
         args.data,
@@ -64,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         gallery_size=args.gallery,
         files=args.files,
         instances=args.instances,
-        instance_method=args.instance_method,
+        instance_method=postprocess.pop("method"),
+        instance_options=postprocess,
         tta=args.tta,
         tta_scales=_tiling.tta_scales(args),
         tiling=_tiling.tiling_options(args),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelwise.cli import _tiling
+from pixelwise.cli.tune_instances import add_postprocess_arguments, postprocess_overrides
 from pixelwise.errors import ConfigError, PixelwiseError, check_choice
 from pixelwise.inference.backends import BACKENDS
 from pixelwise.inference.files import DEFAULT_TILE_SIZE, LABEL_FORMATS, collect_inputs, predict_file, prepare_out
@@ -48,8 +49,10 @@ def add_parser(commands: Any) -> None:
     predict.add_argument(
         "--instances",
         action="store_true",
-        help="also write <stem>_instances.png and <stem>_objects.json (objects drawn on the --overlay)",
+        help="also write <stem>_instances.png and <stem>_objects.json (objects drawn on the --overlay); "
+        "post-processing as tune-instances stored it with the model, unless given below",
     )
+    add_postprocess_arguments(predict)
     backend, precision = DEFAULT_BACKEND, DEFAULT_PRECISION
     predict.add_argument("--backend", default=backend, help=f"torch or onnxruntime (default {backend})")
     predict.add_argument("--precision", default=precision, help="fp32, bf16 or int8 (int8: onnxruntime)")
@@ -67,6 +70,7 @@ def check_predict_options(args: argparse.Namespace) -> None:
     _tiling.check_tiling_arguments(args)
     check_choice("--backend", args.backend, BACKENDS)
     check_choice("--precision", args.precision, PRECISIONS)
+    postprocess_overrides(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         items = tqdm(inputs, desc="predict", unit="image")
-    instances = functools.partial(write_prediction_instances, model=model) if args.instances else None
+    postprocess = postprocess_overrides(args)
+    method = postprocess.pop("method")
+    instances = None
+    if args.instances:
+        instances = functools.partial(write_prediction_instances, model=model, method=method, options=postprocess)
     written = 0
     for path in items:
         try:

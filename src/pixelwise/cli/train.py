@@ -25,6 +25,15 @@ def add_parser(commands: Any) -> None:
     train = commands.add_parser("train", help="train a model on a data folder (Lightning; CPU, GPU, DDP)")
     train.add_argument("--config", help="YAML file of training options (flags override it)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.ckpt")
+    train.add_argument(
+        "--plan",
+        choices=PLAN_MODES,
+        default="auto",
+        help="derive the recipe from the data, the budget and a measured step time (pixelwise plan; the run gets "
+        "fingerprint.json, plan.md and plan.json): auto = when neither --config nor a recipe option (model, "
+        "encoder, crop, batch size, scale, augment, loss, lr, epochs, ...) is given; on = also then, the options "
+        "given kept as they are; off = the library defaults (default auto)",
+    )
     add_train_arguments(train)
     train.set_defaults(func=run)
 
@@ -45,12 +54,64 @@ def run(args: argparse.Namespace) -> int:
         config = resolve(
             str(run_dir / "config.yaml"), overrides | {"runs_dir": str(run_dir.parent), "name": run_dir.name}
         )
+        artifacts = None
     else:
         config = resolve(args.config, overrides)
-    result = train(config, resume=bool(args.resume), start=process_start())  # the budget covers the whole command
+        config, artifacts = planned(config, args, overrides) if wants_plan(args, overrides) else (config, None)
+    start = process_start()  # the budget covers the whole command, fingerprint and plan included
+    result = train(config, resume=bool(args.resume), start=start, artifacts=artifacts)
     best = f"{result.best_miou:.4f}" if result.best_miou is not None else "n/a"
     print(f"run: {result.run_dir}  best val mIoU: {best}  epochs: {result.epochs}  time: {result.seconds:.0f} s")
     return 0
+
+
+PLAN_MODES = ("auto", "on", "off")
+
+
+def wants_plan(args: argparse.Namespace, overrides: dict[str, Any]) -> bool:
+    """``--plan on``, or ``auto`` with neither a config file nor a recipe option on the command line."""
+    from pixelwise.training.plan import RECIPE_OPTIONS
+
+    if args.plan == "auto":
+        return not args.config and not set(overrides) & RECIPE_OPTIONS
+    return args.plan == "on"
+
+
+def planned(config: TrainConfig, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[TrainConfig, dict]:
+    """The config with the plan's options under the user's (command line and config file), and the run's
+    ``fingerprint.json``, ``plan.md`` and ``plan.json``."""
+    import json
+
+    import torch
+
+    from pixelwise.training.config import load_yaml
+    from pixelwise.training.plan import plan_for_data
+
+    given = {**(load_yaml(args.config) if args.config else {}), **overrides}
+    fixed = {key: getattr(config, key) for key in given if hasattr(config, key)}
+    gpu = config.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    fingerprint, plan = plan_for_data(
+        config.data,
+        split=config.train_split,
+        files=config.train_files,
+        data_format=config.data_format,
+        data_options=config.data_options,
+        max_minutes=config.max_minutes,
+        accelerator="gpu" if gpu else "cpu",
+        fixed=fixed,
+        progress=config.progress,
+    )
+    print(plan.to_text())
+    if plan.tta:
+        print(f"evaluate with --tta {plan.tta} (the flips the labels allow)")
+    artifacts = {
+        "fingerprint.json": json.dumps(fingerprint.to_dict(), indent=2) + "\n",
+        "plan.md": plan.to_markdown(),
+        "plan.json": plan.to_json() + "\n",
+    }
+    # replace, not resolve: a planned None (crop: whole images) must not fall back to the default
+    config = dataclasses.replace(config, **{k: v for k, v in plan.options().items() if k not in given})
+    return config.validate(), artifacts
 
 
 @functools.cache

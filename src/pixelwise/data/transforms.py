@@ -25,8 +25,12 @@ parameter get bilinear (for the image; masks always use nearest) unless the dict
 Rare-class crop sampling (``crop_sampling``, :class:`RandomClassCrop`): where a training crop is cut::
 
     uniform         every position equally likely (torchvision's RandomCrop)
-    class_balanced  with probability ratio: a class present in the mask, then one of its pixels,
-                    and the crop centred on it (clamped to the padded image); else uniform
+    class_balanced  in training (ClassPresence of the training masks given): with probability ratio,
+                    a class drawn uniformly among the training set's classes, an image holding it,
+                    one of its pixels, the crop centred on it (clamped to the padded image); else a
+                    uniform image and crop. Alone (no ClassPresence): a class present in this mask.
+    rare_class      as class_balanced over the training set, classes drawn by DAFormer's rare class
+                    sampling, p(c) ∝ exp((1 - pixel frequency of c) / 0.01)
     foreground      with probability ratio: a pixel of any class but 0 (background), crop centred on it
 
     pipeline: [MirrorPad] -> crop (uniform or RandomClassCrop) -> preset / listed transforms
@@ -34,10 +38,11 @@ Rare-class crop sampling (``crop_sampling``, :class:`RandomClassCrop`): where a 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -51,12 +56,17 @@ from pixelwise.errors import ConfigError, ShapeError, check_choice, unknown_name
 from pixelwise.modes import IGNORE_INDEX
 
 PRESETS = ("none", "light", "strong")
-CropSampling = Literal["uniform", "class_balanced", "foreground"]
+CropSampling = Literal["uniform", "class_balanced", "rare_class", "foreground"]
 """Where a random training crop is cut (see :class:`RandomClassCrop`)."""
 CROP_SAMPLINGS: tuple[CropSampling, ...] = typing.get_args(CropSampling)
 DEFAULT_CROP_SAMPLING_RATIO = 0.5
 """Share of crops centred on a chosen pixel (the rest uniform): MONAI's RandCropByPosNegLabel default
 ``pos=1, neg=1`` and nnU-Net's foreground oversampling (a third of each batch) lie around it."""
+DATA_SET_SAMPLINGS = ("class_balanced", "rare_class")
+"""The crop samplings that draw classes over the whole training set (see :class:`ClassPresence`)."""
+RARE_CLASS_TEMPERATURE = 0.01
+"""``T`` of rare class sampling, ``p(c) ∝ exp((1 - f_c) / T)``: DAFormer's value. Classes under about 1 % of
+the pixels share most draws; a class at 5 % gets e^-4 of the rarest's."""
 BACKGROUND = 0
 """The class that ``foreground`` sampling does not centre on."""
 ELASTIC_GRID = 3
@@ -272,6 +282,80 @@ class MirrorPad(v2.Transform):
         return tv_tensors.wrap(inpt.as_subclass(torch.Tensor)[..., rows, :][..., cols], like=inpt)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassPresence:
+    """Which training images hold which classes, and how often to centre a crop on each class: what
+    data-set-level rare-class sampling needs.
+
+    A class ``c`` is drawn with probability ``class_probability[c]``, then an image that holds it, then
+    one of its pixels, and the crop is centred there. ``class_balanced`` draws classes uniformly
+    (class-uniform sampling, Zhu et al., CVPR 2019, for Cityscapes); ``rare_class`` draws them with
+    DAFormer's rare class sampling (Hoyer et al., CVPR 2022), ``p(c) ∝ exp((1 - f_c) / T)`` over the
+    pixel frequencies ``f_c``. The draw factors into two independent parts, so the sampler and the crop
+    transform share no state; a crop in a share ``ratio`` of the samples is centred on class ``c`` with
+    probability ``ratio * p(c)``::
+
+        image i drawn with weight  w_i = (1 - ratio) / N + ratio * q_i,  q_i = sum over c in i of p(c) / N_c
+        its crop centred with      probability ratio * q_i / w_i,
+          on class c in i with     probability (p(c) / N_c) / q_i
+
+    where ``N`` is the number of images and ``N_c`` the number holding class ``c``.
+
+    Attributes:
+        present: ``bool [N, K]``, image ``i`` holds a pixel of class ``c`` (``ignore_index`` excluded).
+        class_probability: ``float64 [K]``, ``p(c)``: sums to 1, 0 for a class in no image.
+    """
+
+    present: np.ndarray
+    class_probability: np.ndarray
+
+    @property
+    def class_weights(self) -> np.ndarray:
+        """``float64 [K]``: ``p(c) / N_c`` (0 for a class in no image)."""
+        holding = self.present.sum(axis=0)
+        return np.divide(self.class_probability, holding, out=np.zeros(holding.shape), where=holding > 0)
+
+    def image_weights(self, ratio: float) -> np.ndarray:
+        """``float64 [N]``: the probability of drawing each image (sums to 1)."""
+        return (1.0 - ratio) / len(self.present) + ratio * (self.present @ self.class_weights)
+
+    def centre_probability(self, classes: np.ndarray, ratio: float) -> float:
+        """Probability that a crop of an image holding ``classes`` (ids) is centred on a chosen class."""
+        chosen = ratio * float(self.class_weights[classes].sum())
+        return chosen / ((1.0 - ratio) / len(self.present) + chosen) if chosen > 0 else 0.0
+
+
+def class_presence(
+    masks: Iterable[np.ndarray | torch.Tensor], num_classes: int, sampling: str = "class_balanced"
+) -> ClassPresence:
+    """:class:`ClassPresence` of masks of class ids (values outside ``0..num_classes-1`` are not classes).
+
+    Args:
+        masks: ``[H, W]`` class ids per image, read once.
+        num_classes: K.
+        sampling: ``class_balanced`` (every class present equally often) or ``rare_class`` (DAFormer's
+            ``exp((1 - f_c) / RARE_CLASS_TEMPERATURE)``).
+    """
+    check_choice("crop_sampling", sampling, DATA_SET_SAMPLINGS)
+    rows = [_class_pixels(np.asarray(mask), num_classes) for mask in masks]
+    pixels = np.stack(rows) if rows else np.zeros((0, num_classes), dtype=np.int64)
+    present, total = pixels > 0, pixels.sum(axis=0)
+    seen = total > 0
+    scores = np.zeros(num_classes)
+    if sampling == "rare_class":
+        frequency = total / max(total.sum(), 1)
+        scores[seen] = np.exp((frequency[seen] - frequency[seen].min()) / -RARE_CLASS_TEMPERATURE)
+    else:
+        scores[seen] = 1.0
+    return ClassPresence(present, scores / scores.sum() if seen.any() else scores)
+
+
+def _class_pixels(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """``int64 [num_classes]``: the pixels of each class in ``mask``."""
+    values = mask.ravel()
+    return np.bincount(values[(values >= 0) & (values < num_classes)], minlength=num_classes)[:num_classes]
+
+
 class RandomClassCrop(v2.RandomCrop):
     """A random crop that contains a chosen class's pixel in a set share of samples (rare-class sampling).
 
@@ -282,10 +366,18 @@ class RandomClassCrop(v2.RandomCrop):
     as MONAI's ``RandCropByLabelClasses`` / ``RandCropByPosNegLabel`` do; the pixel is therefore
     always inside the crop. The pixel:
 
-    - ``class_balanced``: a class drawn uniformly among the classes present in this mask
-      (``ignore_index`` excluded), then one of its pixels uniformly. A class present in the mask is
-      in at least ``ratio / (number of classes present)`` of the crops, whatever its pixel share
-      (MONAI's ``RandCropByLabelClasses`` with equal ``ratios``).
+    - ``class_balanced`` with ``presence`` (training: the :class:`ClassPresence` of the training masks,
+      with images drawn by its ``image_weights``): class-uniform sampling over the data set. The crop
+      is centred with probability ``presence.centre_probability`` on a class present in this mask,
+      drawn with weight ``1 / N_c`` (images holding it), so that ``ratio / K'`` of all crops are
+      centred on each class, however rare (see :class:`ClassPresence`).
+    - ``class_balanced`` alone: with probability ``ratio``, a class drawn uniformly among the classes
+      present in this mask (``ignore_index`` excluded), then one of its pixels uniformly (MONAI's
+      ``RandCropByLabelClasses`` with equal ``ratios``). On data whose images each hold many classes
+      (CamVid: about ten) a rare class gains little this way; the data-set-level form is the one
+      training uses.
+    - ``rare_class`` (``presence`` required): as ``class_balanced`` with ``presence``, classes drawn by
+      DAFormer's rare class sampling, weighted towards the classes with the fewest pixels.
     - ``foreground``: a pixel uniformly among those of classes other than ``BACKGROUND`` (0) and
       ``ignore_index`` (MONAI's ``RandCropByPosNegLabel`` with ``pos / (pos + neg) = ratio``).
 
@@ -301,10 +393,12 @@ class RandomClassCrop(v2.RandomCrop):
 
     Args:
         size: crop size, ``int`` or ``(H, W)``.
-        sampling: ``class_balanced`` or ``foreground`` (``uniform`` is plain ``v2.RandomCrop``).
+        sampling: ``class_balanced``, ``rare_class`` or ``foreground`` (``uniform`` is plain ``v2.RandomCrop``).
         ratio: probability in ``[0, 1]`` that a crop is centred on a chosen pixel.
         ignore_index: mask value never chosen (None: 255).
         fill: padding value per tv_tensor type (as ``v2.RandomCrop``).
+        presence: the training set's :class:`ClassPresence` (``class_balanced``, ``rare_class``): draw
+            classes over the data set, not within each image.
 
     Raises:
         ConfigError: unknown ``sampling`` (with the closest names) or ``ratio`` outside ``[0, 1]``.
@@ -317,20 +411,30 @@ class RandomClassCrop(v2.RandomCrop):
         ratio: float = DEFAULT_CROP_SAMPLING_RATIO,
         ignore_index: int | None = IGNORE_INDEX,
         fill: Any = 0,
+        presence: ClassPresence | None = None,
     ) -> None:
         super().__init__(size, pad_if_needed=True, fill=fill)
         check_choice("crop_sampling", sampling, CROP_SAMPLINGS)
         check_probability("crop_sampling_ratio", ratio)
         self.sampling, self.ratio = sampling, float(ratio)
         self.ignore_index = IGNORE_INDEX if ignore_index is None else int(ignore_index)
+        if sampling == "rare_class" and presence is None:
+            raise ConfigError(
+                "crop_sampling='rare_class' draws classes by their pixel frequency over the training set: pass "
+                "presence=class_presence(masks, num_classes, 'rare_class') (training does), or use 'class_balanced'."
+            )
+        self.presence = presence if sampling in DATA_SET_SAMPLINGS else None
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         # torchvision's own parameters give the padding (pad_if_needed); only the position may change
         params = super().make_params(flat_inputs)
-        if self.sampling == "uniform" or not bool(torch.rand(()) < self.ratio):
-            return params
         masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask) and not isinstance(x, InstanceMask)]
-        pixel = self.choose_pixel(masks[0].as_subclass(torch.Tensor)) if masks else None
+        if self.presence is not None:
+            pixel = self._choose_over_data_set(masks[0].as_subclass(torch.Tensor)) if masks else None
+        elif self.sampling == "uniform" or not bool(torch.rand(()) < self.ratio):
+            return params
+        else:
+            pixel = self.choose_pixel(masks[0].as_subclass(torch.Tensor)) if masks else None
         if pixel is None:
             return params
         pad_left, pad_top, pad_right, pad_bottom = params["padding"]
@@ -363,6 +467,21 @@ class RandomClassCrop(v2.RandomCrop):
         positions = np.flatnonzero(candidates)
         if positions.size == 0:
             return None
+        index = int(positions[int(torch.randint(positions.size, ()))])
+        return divmod(index, labels.shape[-1])
+
+    def _choose_over_data_set(self, mask: torch.Tensor) -> tuple[int, int] | None:
+        """The pixel to centre on under class-uniform sampling over the data set (None: a uniform crop)."""
+        labels = mask.reshape(-1, *mask.shape[-2:])[0].cpu().numpy()
+        weights = self.presence.class_weights
+        present = np.flatnonzero((_class_pixels(labels, len(weights)) > 0) & (weights > 0))
+        if present.size == 0 or not bool(torch.rand(()) < self.presence.centre_probability(present, self.ratio)):
+            return None
+        cumulative = np.cumsum(weights[present])
+        chosen = int(
+            present[min(np.searchsorted(cumulative, float(torch.rand(())) * cumulative[-1], "right"), present.size - 1)]
+        )
+        positions = np.flatnonzero(labels.ravel() == chosen)
         index = int(positions[int(torch.randint(positions.size, ()))])
         return divmod(index, labels.shape[-1])
 
@@ -526,6 +645,7 @@ def build_transforms(
     mirror_border: int = 0,
     crop_sampling: str = "uniform",
     crop_sampling_ratio: float = DEFAULT_CROP_SAMPLING_RATIO,
+    class_presence: ClassPresence | None = None,
 ) -> SegmentationTransform:
     """Build an augmentation pipeline from a preset name or a config list (see the module docstring).
 
@@ -541,6 +661,8 @@ def build_transforms(
         crop_sampling: where the crop is cut: ``uniform`` (torchvision's ``RandomCrop``, exactly as
             before), ``class_balanced`` or ``foreground`` (rare-class sampling, see :class:`RandomClassCrop`).
         crop_sampling_ratio: share of crops centred on a chosen pixel (``class_balanced``, ``foreground``).
+        class_presence: the training set's :class:`ClassPresence`: ``class_balanced`` then samples classes
+            over the data set (draw the images with its ``image_weights``), not within each image.
 
     Returns:
         A :class:`SegmentationTransform`.
@@ -566,14 +688,19 @@ def build_transforms(
         ):
             raise unknown_name("augmentation preset or transform", entry, [*PRESETS, *CUSTOM_TRANSFORMS])
     transforms: list[v2.Transform] = [MirrorPad(mirror_border, fill)] if mirror_border else []
-    transforms += _crop(crop_size, crop_sampling, crop_sampling_ratio, ignore_index, fill)
+    transforms += _crop(crop_size, crop_sampling, crop_sampling_ratio, ignore_index, fill, class_presence)
     for entry in entries:
         transforms += _build(entry, fill)
     return SegmentationTransform(transforms)
 
 
 def _crop(
-    crop_size: int | tuple[int, int] | None, sampling: str, ratio: float, ignore_index: int, fill: dict
+    crop_size: int | tuple[int, int] | None,
+    sampling: str,
+    ratio: float,
+    ignore_index: int,
+    fill: dict,
+    presence: ClassPresence | None = None,
 ) -> list[v2.Transform]:
     """The training crop: none, torchvision's uniform ``RandomCrop``, or a :class:`RandomClassCrop`."""
     check_choice("crop_sampling", sampling, CROP_SAMPLINGS)
@@ -584,4 +711,4 @@ def _crop(
         return []
     if sampling == "uniform":  # the crop of earlier versions, same random numbers: earlier runs reproduce
         return [v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill)]
-    return [RandomClassCrop(crop_size, sampling, ratio, ignore_index, fill=fill)]
+    return [RandomClassCrop(crop_size, sampling, ratio, ignore_index, fill=fill, presence=presence)]

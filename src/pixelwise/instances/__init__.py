@@ -15,7 +15,11 @@ This package goes from a network's class probabilities to a list of separated, m
   :func:`write_instance_outputs` / :func:`write_prediction_instances` write (``pixelwise predict --instances``);
 - metrics (:mod:`~pixelwise.instances.metrics`): :func:`instance_metrics` (precision / recall / F1 at
   IoU 0.5, the DSB 2018 score, panoptic quality), :func:`average_precision` over IoU 0.5:0.95 (StarDist /
-  Cellpose), :func:`aggregated_jaccard_index` (AJI), and :class:`InstanceScores` over many images.
+  Cellpose), :func:`aggregated_jaccard_index` (AJI), and :class:`InstanceScores` over many images;
+- tuning (:mod:`~pixelwise.instances.tuning`): :func:`tune_instances` chooses the post-processing options on
+  a labelled split and stores them with the model (``pixelwise tune-instances``);
+  :func:`model_instance_options` gives the options a model's objects are made with (stored, else defaults,
+  explicit ones winning).
 
 Instance labels are ``int32 [H, W]``, 0 = background, one positive id per object.
 """
@@ -44,7 +48,9 @@ from pixelwise.instances.metrics import (
 )
 from pixelwise.instances.objects import encode_polygons, encode_rle, has_pycocotools, objects
 from pixelwise.instances.outputs import (
+    default_options,
     draw_instances,
+    model_instance_options,
     model_instance_settings,
     save_labels,
     write_instance_outputs,
@@ -52,15 +58,18 @@ from pixelwise.instances.outputs import (
 )
 from pixelwise.instances.postprocess import class_map, clean_instances, relabel, semantic_probs, to_instances
 from pixelwise.instances.scoring import InstanceScorer, default_method
+from pixelwise.instances.tuning import OBJECTIVES, TuningResult, tune_instances
 
 __all__ = [
     "AJI_VARIANTS",
     "BOUNDARY_CLASSES",
     "IOU_THRESHOLDS",
+    "OBJECTIVES",
     "TARGETS",
     "InstanceScorer",
     "InstanceScores",
     "TargetOptions",
+    "TuningResult",
     "aggregated_jaccard_index",
     "aji_counts",
     "average_precision",
@@ -70,6 +79,7 @@ __all__ = [
     "class_map",
     "clean_instances",
     "default_method",
+    "default_options",
     "draw_instances",
     "encode_polygons",
     "encode_rle",
@@ -78,6 +88,7 @@ __all__ = [
     "instances_from_mask",
     "iou_matrix",
     "match",
+    "model_instance_options",
     "model_instance_settings",
     "objects",
     "overlaps",
@@ -87,6 +98,7 @@ __all__ = [
     "separate_touching",
     "to_instances",
     "training_targets",
+    "tune_instances",
     "two_nearest_distances",
     "unet_weight_map",
     "write_instance_outputs",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,15 @@ from pixelwise.bundle import PREPROCESSING_DEFAULTS, PREPROCESSING_NAME, Preproc
 from pixelwise.data.geotiff import GeoReference, pixel_to_map
 from pixelwise.errors import unknown_name
 from pixelwise.instances.objects import ENCODINGS, encode_polygons, encode_rle, has_pycocotools, objects
-from pixelwise.instances.postprocess import class_map, semantic_probs, to_instances
+from pixelwise.instances.postprocess import MARKER_H, MIN_SIZE, class_map, semantic_probs, to_instances
 from pixelwise.instances.scoring import default_method
 from pixelwise.io import atomic_path
 
 OUTLINE_ALPHA = 0.35
 """Opacity of the object colours inside the outlines of :func:`draw_instances`."""
 UINT16_LIMIT = 65535
+DEFAULT_OPTIONS: dict[str, Any] = {"markers": "auto", "threshold": None, "marker_threshold": 0.5, "h": MARKER_H}
+"""The post-processing every model gets until tuned (with ``method`` from its target and ``min_size``)."""
 GOLDEN_ANGLE = 0.618033988749895
 """Hue step between consecutive object ids (fractions of a turn): neighbours get distant colours."""
 GEOJSON_CRS = "urn:ogc:def:crs:EPSG::{}"
@@ -315,6 +317,17 @@ def write_instance_outputs(
     return paths
 
 
+def _model_preprocessing(model: str | os.PathLike) -> Preprocessing | None:
+    """The ``preprocessing.json`` of a run directory, ``save_pretrained`` directory, ``.ckpt`` or ``.onnx`` file
+    (the one beside it), or None when there is none."""
+    path = Path(model)
+    for folder in (path / "model", path, path.parent / "model", path.parent):
+        if (folder / PREPROCESSING_NAME).is_file():
+            # only the instance facts matter here: neither mean/std nor the model are needed
+            return Preprocessing.from_dict(read_preprocessing(folder, require=()))
+    return None
+
+
 def model_instance_settings(model: str | os.PathLike) -> dict[str, Any]:
     """``{"target", "separation_gap"}`` of a run directory, ``save_pretrained`` directory, ``.ckpt`` or
     ``.onnx`` file, from the ``preprocessing.json`` beside it; ``semantic`` and 0 when there is none.
@@ -322,13 +335,41 @@ def model_instance_settings(model: str | os.PathLike) -> dict[str, Any]:
     Raises:
         WeightsError: that ``preprocessing.json`` is damaged (see :func:`pixelwise.bundle.read_preprocessing`).
     """
-    path = Path(model)
-    for folder in (path / "model", path, path.parent / "model", path.parent):
-        if (folder / PREPROCESSING_NAME).is_file():
-            # only the target matters here: neither mean/std nor the model are needed
-            facts = Preprocessing.from_dict(read_preprocessing(folder, require=()))
-            return {"target": facts.target, "separation_gap": facts.separation_gap}
-    return {key: PREPROCESSING_DEFAULTS[key] for key in ("target", "separation_gap")}
+    facts = _model_preprocessing(model)
+    if facts is None:
+        return {key: PREPROCESSING_DEFAULTS[key] for key in ("target", "separation_gap")}
+    return {"target": facts.target, "separation_gap": facts.separation_gap}
+
+
+def default_options(target: str) -> dict[str, Any]:
+    """The :func:`~pixelwise.instances.to_instances` options a model trained on ``target`` gets until tuned:
+    :func:`~pixelwise.instances.default_method`, :data:`DEFAULT_OPTIONS` and ``MIN_SIZE``."""
+    return {"method": default_method(target)} | DEFAULT_OPTIONS | {"min_size": MIN_SIZE}
+
+
+def model_instance_options(
+    model: str | os.PathLike, explicit: Mapping[str, Any] | None = None, target: str | None = None
+) -> dict[str, Any]:
+    """The :func:`~pixelwise.instances.to_instances` keyword arguments (``method`` included) for a model: the
+    defaults of its target, replaced by the options stored with it (``pixelwise tune-instances``), replaced by
+    the ``explicit`` ones (a None value, or ``method="auto"``, means "not given").
+
+    Args:
+        model: as :func:`model_instance_settings`.
+        explicit: options the user gave (``--instance-method``, ``--min-size``, ...).
+        target: the model's target when already known (else read with the stored options).
+
+    Raises:
+        WeightsError: the model's ``preprocessing.json`` is damaged.
+    """
+    facts = _model_preprocessing(model)
+    target = target or (facts.target if facts is not None else PREPROCESSING_DEFAULTS["target"])
+    options = default_options(target)
+    options |= (facts.instance_options if facts is not None else None) or {}
+    given = {key: value for key, value in (explicit or {}).items() if value is not None}
+    if given.get("method") == "auto":
+        del given["method"]
+    return options | given
 
 
 def write_prediction_instances(
@@ -341,11 +382,13 @@ def write_prediction_instances(
     palette: np.ndarray | None = None,
     method: str = "auto",
     geo: GeoReference | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """What ``pixelwise predict --instances`` writes for one image: the instance labels and objects of its
-    probabilities (post-processing as :func:`~pixelwise.instances.default_method` suits the model's
-    training target, with its separation gaps closed) and, given ``image``, ``NAME_overlay.png``: the
-    class overlay with the objects' outlines and ids.
+    probabilities (post-processing: the options stored with the model by ``pixelwise tune-instances``, else
+    what :func:`~pixelwise.instances.default_method` suits its training target; explicit ``method`` and
+    ``options`` win; separation gaps closed) and, given ``image``, ``NAME_overlay.png``: the class overlay
+    with the objects' outlines and ids.
 
     Args:
         out_dir: output folder.
@@ -355,8 +398,10 @@ def write_prediction_instances(
         image: the input ``[C, H, W]`` in [0, 1], or None for no overlay.
         class_names: names of the model's classes (a boundary-target model's objects are "object").
         palette: ``[K, 3]`` uint8 class colours of the overlay; None: :func:`pixelwise.viz.default_palette`.
-        method: ``auto``, ``components`` or ``watershed``.
+        method: ``auto`` (stored, else the target's default), ``components`` or ``watershed``.
         geo: the input's georeferencing: also write ``NAME.geojson`` (see :func:`write_instance_outputs`).
+        options: explicit :func:`~pixelwise.instances.to_instances` options (``threshold``, ``min_size``, ...);
+            None values are not given (see :func:`model_instance_options`).
 
     Returns:
         The files written.
@@ -365,12 +410,8 @@ def write_prediction_instances(
 
     settings = model_instance_settings(model)
     target = settings["target"]
-    labels = to_instances(
-        probabilities,
-        default_method(target) if method == "auto" else method,
-        target=target,
-        close_gap=settings["separation_gap"],
-    )
+    chosen = model_instance_options(model, {**(options or {}), "method": method}, target)
+    labels = to_instances(probabilities, target=target, close_gap=settings["separation_gap"], **chosen)
     probs = semantic_probs(probabilities, target)
     names = ["background", "object"] if target == "boundary" else class_names
     written = list(write_instance_outputs(out_dir, name, labels, probs, class_names=names, geo=geo).values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,24 @@ class InstanceScorer:
         target: what the model was trained on (``semantic`` or ``boundary``).
         separation_gap: the training target's separation gap, closed again after post-processing.
         method: ``components``, ``watershed`` or ``auto`` (:func:`default_method`).
+        options: the other post-processing options of :func:`~pixelwise.instances.postprocess.to_instances`
+            (``threshold``, ``marker_threshold``, ``h``, ``min_size``, ``markers``; e.g. the tuned ones that
+            :func:`~pixelwise.instances.model_instance_options` resolves); a ``method`` key there is ignored.
     """
 
-    def __init__(self, target: str = "semantic", separation_gap: int = 0, method: str = "auto") -> None:
+    def __init__(
+        self,
+        target: str = "semantic",
+        separation_gap: int = 0,
+        method: str = "auto",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         if method == "auto":
             method = default_method(target)
         if method not in METHODS:
             raise unknown_name("instance method", method, (*METHODS, "auto"))
         self.target, self.separation_gap, self.method = target, separation_gap, method
+        self.options = {k: v for k, v in (options or {}).items() if k != "method"}
         self.scores = InstanceScores()
 
     def update(
@@ -51,7 +62,7 @@ class InstanceScorer:
             ``probs`` ``[K, H, W]``; ``true`` int ``[H, W]`` instance labels, or None: then the connected
             components of ``mask`` (int ``[H, W]`` class ids) stand in for them.
         """
-        pred = to_instances(probs, self.method, target=self.target, close_gap=self.separation_gap)
+        pred = to_instances(probs, self.method, target=self.target, close_gap=self.separation_gap, **self.options)
         if true is None:
             true = instances_from_mask(np.asarray(mask), ignore_index)
         return self.scores.update(pred, np.asarray(true))

@@ -6,6 +6,13 @@ model's ``input_multiple`` and cropping the logits back, the output activation, 
 share: the constructor arguments of the encoder, input and output (documented there, once),
 building the encoder, the head and the activation, ``input_multiple`` from the encoder's
 reductions, and encoder freezing. An encoder-based architecture only builds its decoder.
+
+Auxiliary outputs (deep supervision of the U-Net family, the auxiliary FCN head of PSPNet, DeepLab
+and UPerNet) are for training only; ``forward`` never returns them::
+
+    forward(x)          → main logits                      (inference, export, Predictor, metrics)
+    forward_with_aux(x) → (main logits, [aux logits, ...]) (training losses; finest first, each at
+                                                            its own stride; [] without aux heads)
 """
 
 from __future__ import annotations
@@ -34,6 +41,18 @@ from pixelwise.models.encoders import TimmEncoder, WeightsSpec, build_encoder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+AUX_HEADS = "aux_heads"
+"""The attribute (and state-dict prefix) of a model's auxiliary heads, built only when asked for (deep
+supervision or ``aux_head=True``): a model without them has no such weights."""
+AUX_FEATURE_INDEX = -2
+"""The encoder feature the auxiliary FCN head reads: the second-deepest, as MMSegmentation's
+``auxiliary_head`` (``in_index=-2``: ResNet's layer3, stride 16, or 8 when dilated) and torchvision's
+``aux_classifier`` (layer3)."""
+AUX_HEAD_REDUCTION = 4
+"""The auxiliary FCN head's hidden channels are its input channels divided by this (torchvision's FCNHead;
+1024 → 256, MMSegmentation's ``channels=256`` for ResNet-50)."""
+AUX_HEAD_DROPOUT = 0.1
+"""Dropout probability of the auxiliary FCN head (torchvision and MMSegmentation)."""
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -308,6 +327,11 @@ class SegmentationModel(nn.Module):
     input_multiple: int = 1
     in_channels: int
     classes: int
+    aux_strides: tuple[int, ...] = ()
+    """The stride of each auxiliary output of :meth:`forward_with_aux` (finest first); empty without them."""
+    aux_heads: nn.ModuleList
+    """The auxiliary heads (see :data:`AUX_HEADS`), registered only in a model built with them (no class
+    default: a class attribute would hide the registered module)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -361,6 +385,44 @@ class SegmentationModel(nn.Module):
             masks, labels = output
             return self.activation(masks[..., :height, :width]), labels
         return self.activation(output[..., :height, :width])
+
+    @property
+    def has_aux_outputs(self) -> bool:
+        """Whether the model was built with auxiliary heads (deep supervision or an auxiliary FCN head)."""
+        return AUX_HEADS in self._modules
+
+    def forward_padded_with_aux(self, x: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
+        """:meth:`forward_padded`'s output and the auxiliary logits, finest first (none here: a model with
+        auxiliary heads overrides this)."""
+        return self.forward_padded(x), []
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
+        """The main output (what :meth:`forward` returns) and the auxiliary logits, for training losses.
+
+        A model built without auxiliary heads returns ``(self(x), [])``. Otherwise each auxiliary output is
+        at its own stride ``s`` (cropped to ``ceil(H / s) × ceil(W / s)`` as the main output is to ``H × W``),
+        finest first, after the model's output activation, as the main output.
+
+        Shape: ``[N, in_channels, H, W]`` → ``([N, classes, H, W], [[N, classes, H / s_i, W / s_i], ...])``.
+
+        Raises:
+            InputTypeError, InputSizeError: as :meth:`forward`.
+        """
+        if not self.has_aux_outputs:
+            return self(x), []
+        self.check_input(x)
+        height, width = x.shape[-2:]
+        padded = pad_to_multiple(x, self.input_multiple)
+        output, aux = self.forward_padded_with_aux(padded)
+        if isinstance(output, tuple):  # (masks, image labels) of a model with aux_params
+            main: Any = (self.activation(output[0][..., :height, :width]), output[1])
+        else:
+            main = self.activation(output[..., :height, :width])
+        cropped = []
+        for logits in aux:
+            stride_h, stride_w = padded.shape[-2] // logits.shape[-2], padded.shape[-1] // logits.shape[-1]
+            cropped.append(self.activation(logits[..., : -(-height // stride_h), : -(-width // stride_w)]))
+        return main, cropped
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``; with ``strict=False`` entries whose shape differs from the model's
@@ -497,6 +559,9 @@ class EncoderDecoderModel(EncoderFreezing, SegmentationModel):
             ``output_stride``, which brings the scores back to the input size.
         head_align_corners: whether the head's upsampling aligns corners, for architectures where it is an
             option (DeepLabV3+); None (default): the class's :attr:`head_align_corners`.
+        aux_head: add an auxiliary FCN head (:class:`AuxiliaryFCNHead`) on the second-deepest encoder feature,
+            for training (``forward_with_aux``; ``forward`` ignores it), as torchvision's ``aux_classifier`` and
+            MMSegmentation's ``auxiliary_head``. Not to be confused with ``aux_params`` (image labels).
     """
 
     head_kernel_size: ClassVar[int | None] = 3
@@ -524,6 +589,7 @@ class EncoderDecoderModel(EncoderFreezing, SegmentationModel):
         encoder_kwargs: Mapping[str, Any] | None = None,
         head_upsampling: int | None = None,
         head_align_corners: bool | None = None,
+        aux_head: bool = False,
     ) -> None:
         # keywords the config-recording wrapper set aside for the encoder (see _record_config)
         encoder_kwargs = {**self.__dict__.pop("_encoder_kwargs", {}), **(encoder_kwargs or {})}
@@ -548,6 +614,9 @@ class EncoderDecoderModel(EncoderFreezing, SegmentationModel):
                 align_corners=self.head_align_corners if head_align_corners is None else head_align_corners,
             )
         self.classification_head = _classification_head(aux_params, self.encoder.out_channels[-1])
+        if aux_head:
+            self.aux_heads = nn.ModuleList([_auxiliary_fcn_head(type(self).__name__, self.encoder, classes)])
+            self.aux_strides = (self.encoder.reductions[AUX_FEATURE_INDEX],)
         self.activation = make_activation(activation)
         if encoder_freeze:
             self.freeze_encoder()
@@ -558,6 +627,50 @@ class EncoderDecoderModel(EncoderFreezing, SegmentationModel):
         if self.classification_head is None:
             return masks
         return masks, self.classification_head(features[-1])
+
+    def forward_padded_with_aux(self, x: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
+        """With ``aux_head``: the main output and the auxiliary FCN head's logits on the second-deepest feature."""
+        if not self.has_aux_outputs:
+            return super().forward_padded_with_aux(x)
+        features = self.encoder(x)
+        masks = self.head(self.decoder(features))
+        aux = [self.aux_heads[0](features[AUX_FEATURE_INDEX])]
+        if self.classification_head is None:
+            return masks, aux
+        return (masks, self.classification_head(features[-1])), aux
+
+
+class AuxiliaryFCNHead(nn.Sequential):
+    """The auxiliary head of torchvision's segmentation models and MMSegmentation's ``auxiliary_head``:
+    3×3 conv (no bias) → BatchNorm → ReLU → Dropout(0.1) → 1×1 conv to ``classes``.
+
+    Shape: ``[N, in_channels, h, w] → [N, classes, h, w]``.
+    """
+
+    def __init__(self, in_channels: int, classes: int) -> None:
+        hidden = max(in_channels // AUX_HEAD_REDUCTION, 1)
+        super().__init__(
+            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(AUX_HEAD_DROPOUT),
+            nn.Conv2d(hidden, classes, 1),
+        )
+
+
+def _auxiliary_fcn_head(model: str, encoder: nn.Module, classes: int) -> AuxiliaryFCNHead:
+    """The auxiliary FCN head on ``encoder``'s second-deepest feature.
+
+    Raises:
+        ConfigError: the encoder has a single feature level.
+    """
+    channels = list(encoder.out_channels)
+    if len(channels) < -AUX_FEATURE_INDEX:
+        raise ConfigError(
+            f"{model}: aux_head=True reads the second-deepest encoder feature, but the encoder has "
+            f"{len(channels)} feature level; use encoder_depth >= 2 or aux_head=False."
+        )
+    return AuxiliaryFCNHead(channels[AUX_FEATURE_INDEX], classes)
 
 
 def _classification_head(aux_params: Mapping[str, Any] | None, in_channels: int) -> ClassificationHead | None:

@@ -143,6 +143,10 @@ class DeepLabV3(EncoderDecoderModel):
         decoder_aspp_dropout: dropout probability after ASPP's projection.
         upsampling: the head's upsampling factor; ``None`` (default) upsamples from the deepest stride, the only
             value that returns the input size (accepted for segmentation_models_pytorch compatibility).
+        aux_head: add an auxiliary FCN head (3×3 conv-BN-ReLU, dropout 0.1, 1×1 conv) on the second-deepest
+            encoder feature for the training loss (``forward_with_aux``), as torchvision's ``aux_loss=True`` and
+            MMSegmentation's ``auxiliary_head``; ``forward`` ignores it (see
+            :class:`~pixelwise.models.base.AuxiliaryFCNHead`).
         aux_params: a classification head on the deepest features (see
             :class:`~pixelwise.models.base.EncoderDecoderModel`).
         encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
@@ -173,6 +177,7 @@ class DeepLabV3(EncoderDecoderModel):
         activation: str | Callable | None = None,
         upsampling: int | None = None,
         aux_params: Mapping[str, Any] | None = None,
+        aux_head: bool = False,
     ) -> None:
         check_choice("encoder_output_stride", encoder_output_stride, OUTPUT_STRIDES)
         decoder = partial(
@@ -193,6 +198,7 @@ class DeepLabV3(EncoderDecoderModel):
             activation,
             encoder_output_stride,
             aux_params,
+            aux_head=aux_head,
         )
         check_head_upsampling("DeepLabV3", upsampling, self.decoder.output_stride)
 
@@ -282,6 +288,10 @@ class DeepLabV3Plus(EncoderDecoderModel):
         decoder_align_corners: the decoder's and the head's bilinear upsampling align corners (SMP: True).
         upsampling: the head's upsampling factor: the low-level feature's stride (4), the only value that
             returns the input size, or ``None`` for that stride whatever the encoder.
+        aux_head: add an auxiliary FCN head (3×3 conv-BN-ReLU, dropout 0.1, 1×1 conv) on the second-deepest
+            encoder feature for the training loss (``forward_with_aux``), as torchvision's ``aux_loss=True`` and
+            MMSegmentation's ``auxiliary_head``; ``forward`` ignores it (see
+            :class:`~pixelwise.models.base.AuxiliaryFCNHead`).
         aux_params: a classification head on the deepest features (see
             :class:`~pixelwise.models.base.EncoderDecoderModel`).
         encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
@@ -315,6 +325,7 @@ class DeepLabV3Plus(EncoderDecoderModel):
         decoder_align_corners: bool = False,
         upsampling: int | None = 4,
         aux_params: Mapping[str, Any] | None = None,
+        aux_head: bool = False,
     ) -> None:
         check_choice("encoder_output_stride", encoder_output_stride, OUTPUT_STRIDES)
         decoder = partial(
@@ -340,5 +351,6 @@ class DeepLabV3Plus(EncoderDecoderModel):
             encoder_output_stride,
             aux_params,
             head_align_corners=decoder_align_corners,
+            aux_head=aux_head,
         )
         check_head_upsampling("DeepLabV3Plus", upsampling, self.decoder.output_stride)

@@ -102,6 +102,10 @@ class PSPNet(EncoderDecoderModel):
             never is); False (default) keeps them unnormalised, which trains more steadily at batch size 1.
         upsampling: the head's bilinear upsampling factor; it must be the deepest stride (SMP's default 8
             at ``encoder_depth=3``) so that the output has the input's size. None (default): that stride.
+        aux_head: add an auxiliary FCN head (3×3 conv-BN-ReLU, dropout 0.1, 1×1 conv) on the second-deepest
+            encoder feature for the training loss (``forward_with_aux``), as torchvision's ``aux_loss=True`` and
+            MMSegmentation's ``auxiliary_head``; ``forward`` ignores it (see
+            :class:`~pixelwise.models.base.AuxiliaryFCNHead`).
         aux_params: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
         encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
             activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
@@ -136,6 +140,7 @@ class PSPNet(EncoderDecoderModel):
         psp_branch_norm: bool = False,
         upsampling: int | None = None,
         aux_params: Mapping[str, Any] | None = None,
+        aux_head: bool = False,
     ) -> None:
         norm = resolve_norm(decoder_use_norm, psp_use_batchnorm, defaulted="use_batchnorm", alias="psp_use_batchnorm")
         decoder = partial(
@@ -156,5 +161,6 @@ class PSPNet(EncoderDecoderModel):
             classes,
             activation,
             aux_params=aux_params,
+            aux_head=aux_head,
         )
         check_head_upsampling("PSPNet", upsampling, self.decoder.output_stride)

@@ -1,5 +1,12 @@
 """U-Net with an encoder (Ronneberger et al. 2015, modernised): padded convolutions, any timm
-encoder, skip connections by concatenation, and a choice of upsampling."""
+encoder, skip connections by concatenation, and a choice of upsampling.
+
+Deep supervision (``deep_supervision=True``, as nnU-Net; for training, see ``forward_with_aux``)::
+
+    encoder → block (stride 16) → block (8) → block (4) → block (2) → block (1) → head → main logits
+                                     │           │           │
+                                    1×1         1×1         1×1      → auxiliary logits (finest first)
+"""
 
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from pixelwise.models.blocks import (
     make_upsample,
     resolve_norm,
 )
-from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, decode_with_skips, decoder_strides
+from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, decoder_strides, feature_at
 from pixelwise.models.registry import register_model
 
 
@@ -126,8 +133,45 @@ class UnetDecoder(nn.Module):
             for i, s, o in zip(in_channels, skip_channels, decoder_channels, strict=True)
         )
 
+    def forward_stages(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The output of every block, deepest (stride ``2**(depth-1)``) to the last (stride 1)."""
+        x, stages = features[-1], []
+        for block, reduction in zip(self.blocks, self.skip_reductions, strict=True):
+            x = block(x, None if reduction is None else feature_at(features, self.reductions, reduction))
+            stages.append(x)
+        return stages
+
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return decode_with_skips(self.blocks, self.skip_reductions, features, self.reductions)
+        return self.forward_stages(features)[-1]
+
+
+MIN_DEEP_SUPERVISION_DEPTH = 3
+"""The least ``encoder_depth`` with an auxiliary output: the decoder stages other than the last and the deepest."""
+
+
+def deep_supervision_stages(model: str, depth: int) -> list[int]:
+    """Indices of the decoder stages (0: the deepest, stride ``2**(depth-1)``; ``depth - 1``: the last, stride 1)
+    that deep supervision reads, finest first: every stage but the last (the main output) and the deepest.
+
+    nnU-Net supervises every decoder resolution but gives its coarsest output the loss weight 0 (its loss
+    there is too coarse to help); pixelwise does not build that head at all. At ``encoder_depth=5`` the
+    auxiliary outputs are at strides 2, 4 and 8.
+
+    Raises:
+        ConfigError: ``depth`` is below :data:`MIN_DEEP_SUPERVISION_DEPTH` (no such stage).
+    """
+    if depth < MIN_DEEP_SUPERVISION_DEPTH:
+        raise ConfigError(
+            f"{model}: deep_supervision=True needs encoder_depth >= {MIN_DEEP_SUPERVISION_DEPTH} (auxiliary outputs "
+            f"between the deepest and the last decoder stage); got encoder_depth={depth}."
+        )
+    return list(range(depth - 2, 0, -1))
+
+
+def deep_supervision_heads(channels: Sequence[int], stages: Sequence[int], classes: int) -> nn.ModuleList:
+    """One 1×1 convolution to ``classes`` per decoder stage in ``stages`` (nnU-Net's segmentation layers);
+    ``channels`` are the stages' output channels, deepest first."""
+    return nn.ModuleList(nn.Conv2d(channels[i], classes, 1) for i in stages)
 
 
 @register_model("unet")
@@ -158,6 +202,9 @@ class Unet(EncoderDecoderModel):
         decoder_interpolation: SMP 0.6's name for an interpolating ``decoder_upsampling``; None (default):
             ``decoder_upsampling`` decides; given, it wins over ``decoder_upsampling``'s default
             (both given and different is a ConfigError).
+        deep_supervision: add a 1×1 convolution to ``classes`` on the decoder stages between the deepest and
+            the last (strides 2, 4, 8 at ``encoder_depth=5``; see :func:`deep_supervision_stages`), for the
+            training loss (``forward_with_aux``); ``forward`` ignores them. Needs ``encoder_depth >= 3``.
         aux_params: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
         encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
             activation: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
@@ -190,12 +237,14 @@ class Unet(EncoderDecoderModel):
         decoder_attention_type: str | None = None,
         decoder_interpolation: str | None = None,
         aux_params: Mapping[str, Any] | None = None,
+        deep_supervision: bool = False,
     ) -> None:
         if decoder_channels is None:
             decoder_channels = DEFAULT_DECODER_CHANNELS[:encoder_depth]
         norm = resolve_norm(decoder_use_norm, decoder_use_batchnorm, defaulted="use_batchnorm")
         upsampling = resolve_upsampling(decoder_upsampling, decoder_interpolation)
         make_attention(decoder_attention_type, 1)  # check the name before building the encoder
+        aux_stages = deep_supervision_stages(type(self).__name__, encoder_depth) if deep_supervision else []
 
         def decoder(encoder: TimmEncoder) -> UnetDecoder:
             channels, reductions = list(encoder.out_channels), list(encoder.reductions)
@@ -222,6 +271,10 @@ class Unet(EncoderDecoderModel):
             activation,
             aux_params=aux_params,
         )
+        self.aux_stages = aux_stages
+        if deep_supervision:
+            self.aux_heads = deep_supervision_heads(decoder_channels, aux_stages, classes)
+            self.aux_strides = tuple(decoder_strides(encoder_depth)[i] for i in aux_stages)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features = self.encoder(x)
@@ -230,3 +283,16 @@ class Unet(EncoderDecoderModel):
         if self.classification_head is None:
             return masks
         return masks, self.classification_head(features[-1])
+
+    def forward_padded_with_aux(self, x: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
+        """With ``deep_supervision``: the main output and the auxiliary logits of the decoder stages, finest first."""
+        if not self.has_aux_outputs:
+            return super().forward_padded_with_aux(x)
+        features = self.encoder(x)
+        skips = features if self.full_resolution_stem is None else [self.full_resolution_stem(x), *features]
+        stages = self.decoder.forward_stages(skips)
+        masks = self.head(stages[-1])
+        aux = [head(stages[i]) for head, i in zip(self.aux_heads, self.aux_stages, strict=True)]
+        if self.classification_head is None:
+            return masks, aux
+        return (masks, self.classification_head(features[-1])), aux

@@ -24,6 +24,7 @@ from pixelwise.models.base import SegmentationModel
 from pixelwise.models.blocks import ConvBnAct, make_activation
 from pixelwise.models.geometry import center_crop
 from pixelwise.models.registry import register_model
+from pixelwise.models.unet import deep_supervision_heads, deep_supervision_stages
 
 PAPER_DEPTH = 4
 """Number of 2×2 max-poolings in the paper's network (five resolution levels)."""
@@ -136,6 +137,10 @@ class UNet2015(SegmentationModel):
         depth: number of 2×2 poolings (4 in the paper, i.e. five resolution levels).
         batchnorm: BatchNorm after every 3×3 convolution (not in the paper; the conv then has no bias).
         activation: ``None`` (logits), ``"sigmoid"``, ``"softmax"``, ... or a callable.
+        deep_supervision: add a 1×1 convolution to ``classes`` on the expanding path's steps between the
+            deepest and the last (strides 2 and 4 for the paper's depth 4), for the training loss
+            (:meth:`forward_with_aux`; each output covers a larger centred region than the main output, as
+            valid convolutions trim less at coarser strides); ``forward`` ignores them. Needs ``depth >= 3``.
 
     Shape: ``[N, in_channels, H, W] → [N, classes, H - 2·border, W - 2·border]``, where H and W
     must be valid input sizes (:meth:`valid_input_size`); otherwise :class:`InputSizeError`.
@@ -159,9 +164,11 @@ class UNet2015(SegmentationModel):
         depth: int = PAPER_DEPTH,
         batchnorm: bool = False,
         activation: str | Callable | None = None,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         _check_depth(depth)
+        aux_stages = deep_supervision_stages(type(self).__name__, depth) if deep_supervision else []
         for name, value in (("in_channels", in_channels), ("classes", classes), ("base_channels", base_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} is not valid; give an int ≥ 1.")
@@ -175,6 +182,10 @@ class UNet2015(SegmentationModel):
             _UpBlock(channels[level + 1], channels[level], batchnorm) for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(channels[0], classes, kernel_size=1)
+        self.aux_stages = aux_stages
+        if deep_supervision:  # decoder step k ends at level depth - 1 - k (stride 2**(depth - 1 - k))
+            self.aux_heads = deep_supervision_heads(channels[depth - 1 :: -1], aux_stages, classes)
+            self.aux_strides = tuple(2 ** (depth - 1 - k) for k in aux_stages)
         self.activation = make_activation(activation)
         self._init_weights()
 
@@ -247,15 +258,32 @@ class UNet2015(SegmentationModel):
         Raises:
             InputSizeError: wrong layout, or H or W is not a valid input size.
         """
+        self._check_valid(x)
+        return self.activation(self.forward_valid(x))
+
+    def _check_valid(self, x: torch.Tensor) -> None:
         self.check_input(x)
         for name, n in zip(("height", "width"), x.shape[-2:], strict=True):
             if _trace(int(n), self.depth) is None:
                 raise _size_error(f"input {name}", int(n), self.depth)
-        return self.activation(self.forward_valid(x))
 
-    def forward_valid(self, x: torch.Tensor) -> torch.Tensor:
-        """The network itself on an input of valid size: logits, ``border`` pixels smaller per side."""
-        skips = []
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`forward` and, with ``deep_supervision``, the auxiliary logits (finest first, each at its
+        stride, centred on the main output and covering more than it; see ``aux_strides``).
+
+        Raises:
+            InputSizeError: as :meth:`forward`.
+        """
+        if not self.has_aux_outputs:
+            return self(x), []
+        self._check_valid(x)
+        stages = self._stages(x)
+        aux = [head(stages[i]) for head, i in zip(self.aux_heads, self.aux_stages, strict=True)]
+        return self.activation(self.head(stages[-1])), [self.activation(a) for a in aux]
+
+    def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every expanding step, deepest first."""
+        skips, stages = [], []
         for level, block in enumerate(self.encoder):
             x = block(x)
             if level < self.depth:
@@ -263,7 +291,12 @@ class UNet2015(SegmentationModel):
                 x = self.pool(x)
         for block, skip in zip(self.decoder, reversed(skips), strict=True):
             x = block(x, skip)
-        return self.head(x)
+            stages.append(x)
+        return stages
+
+    def forward_valid(self, x: torch.Tensor) -> torch.Tensor:
+        """The network itself on an input of valid size: logits, ``border`` pixels smaller per side."""
+        return self.head(self._stages(x)[-1])
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(

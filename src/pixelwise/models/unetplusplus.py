@@ -3,6 +3,13 @@ the encoder's skip levels are joined by nested, densely connected decoder paths 
 
 Structure and parameter shapes equal segmentation_models_pytorch 0.6's ``UnetPlusPlus`` for the same
 options, and the decoder's blocks are registered in the same order, so its checkpoints convert exactly.
+
+Deep supervision (``deep_supervision=True``) reads the full-depth path (path 0) at its intermediate strides,
+as the U-Net's does (nnU-Net style), not the paper's full-resolution nested outputs::
+
+    path 0: deepest → node (stride 16) → node (8) → node (4) → node (2) → node (1) → head → main logits
+                                          │           │           │
+                                         1×1         1×1         1×1   → auxiliary logits (finest first)
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pixelwise.models.blocks import (
 )
 from pixelwise.models.encoders import TimmEncoder, WeightsSpec, channels_at, decoder_strides, feature_at
 from pixelwise.models.registry import check_choice, register_model
+from pixelwise.models.unet import deep_supervision_heads, deep_supervision_stages
 
 
 class NestedBlock(nn.Module):
@@ -121,6 +129,10 @@ class UnetPlusPlusDecoder(nn.Module):
         return f"s{deepest >> path}_to_s{stride}"
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.forward_stages(features)[-1]
+
+    def forward_stages(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Path 0's node outputs, deepest (stride ``2**(depth-1)``) to the last (stride 1)."""
         # starts[p]: where path p starts; starts[level + 1]: the encoder's skip at that level (None if absent)
         starts = [features[-1], *(feature_at(features, self.reductions, s) for s in self.skip_strides)]
         outputs: dict[tuple[int, int], torch.Tensor | None] = {}
@@ -133,8 +145,9 @@ class UnetPlusPlusDecoder(nn.Module):
                 x = starts[path] if path == level else outputs[path, level - 1]
                 later = [outputs[p, level] for p in range(path + 1, level + 1)]
                 outputs[path, level] = self.nodes[name](x, [*later, starts[level + 1]])
-        x = outputs[0, len(self.skip_strides) - 1] if self.skip_strides else starts[0]
-        return self.nodes[self._name(0, 1)](x, None)
+        path0 = [outputs[0, level] for level in range(len(self.skip_strides))]
+        x = path0[-1] if path0 else starts[0]
+        return [*path0, self.nodes[self._name(0, 1)](x, None)]
 
 
 @register_model("unetplusplus")
@@ -151,6 +164,9 @@ class UnetPlusPlus(EncoderDecoderModel):
         decoder_interpolation: the ×2 interpolation: ``"nearest"``, ``"bilinear"``, ``"bicubic"``,
             ``"area"`` or ``"nearest-exact"``.
         decoder_use_batchnorm: older bool alias of ``decoder_use_norm`` (segmentation_models_pytorch < 0.5).
+        deep_supervision: add a 1×1 convolution to ``classes`` on path 0's nodes between the deepest and the
+            last (strides 2, 4, 8 at ``encoder_depth=5``), for the training loss (``forward_with_aux``);
+            ``forward`` ignores them. Needs ``encoder_depth >= 3``.
         encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes, activation,
             aux_params: see :class:`~pixelwise.models.base.EncoderDecoderModel`.
 
@@ -181,8 +197,10 @@ class UnetPlusPlus(EncoderDecoderModel):
         *,
         encoder_freeze: bool = False,
         decoder_use_batchnorm: bool | None = None,
+        deep_supervision: bool = False,
     ) -> None:
         norm = resolve_norm(decoder_use_norm, decoder_use_batchnorm, defaulted="use_norm")
+        aux_stages = deep_supervision_stages(type(self).__name__, encoder_depth) if deep_supervision else []
         channels = decoder_channels_for(decoder_channels, encoder_depth)
         check_choice("decoder_interpolation", decoder_interpolation, INTERPOLATION_MODES)
         make_attention(decoder_attention_type, 1)  # validate before building the encoder
@@ -201,3 +219,19 @@ class UnetPlusPlus(EncoderDecoderModel):
             activation,
             aux_params=aux_params,
         )
+        self.aux_stages = aux_stages
+        if deep_supervision:
+            self.aux_heads = deep_supervision_heads(channels, aux_stages, classes)
+            self.aux_strides = tuple(decoder_strides(encoder_depth)[i] for i in aux_stages)
+
+    def forward_padded_with_aux(self, x: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
+        """With ``deep_supervision``: the main output and the auxiliary logits of path 0's nodes, finest first."""
+        if not self.has_aux_outputs:
+            return super().forward_padded_with_aux(x)
+        features = self.encoder(x)
+        stages = self.decoder.forward_stages(features)
+        masks = self.head(stages[-1])
+        aux = [head(stages[i]) for head, i in zip(self.aux_heads, self.aux_stages, strict=True)]
+        if self.classification_head is None:
+            return masks, aux
+        return (masks, self.classification_head(features[-1])), aux

@@ -105,6 +105,10 @@ class UPerNet(EncoderDecoderModel):
             :func:`~pixelwise.models.blocks.norm_layer`). The pooling pyramid's fusion always uses BatchNorm.
         upsampling: the head's upsampling factor: the decoder's stride (4), the only value that returns the
             input size, or ``None`` for that stride whatever the encoder.
+        aux_head: add an auxiliary FCN head (3×3 conv-BN-ReLU, dropout 0.1, 1×1 conv) on the second-deepest
+            encoder feature for the training loss (``forward_with_aux``), as torchvision's ``aux_loss=True`` and
+            MMSegmentation's ``auxiliary_head``; ``forward`` ignores it (see
+            :class:`~pixelwise.models.base.AuxiliaryFCNHead`).
         aux_params: a classification head on the deepest features (see
             :class:`~pixelwise.models.base.EncoderDecoderModel`).
         encoder_name, encoder_depth, encoder_weights, encoder_freeze, in_channels, classes,
@@ -132,6 +136,7 @@ class UPerNet(EncoderDecoderModel):
         activation: str | Callable | None = None,
         upsampling: int | None = 4,
         aux_params: Mapping[str, Any] | None = None,
+        aux_head: bool = False,
     ) -> None:
         decoder = partial(UPerNetDecoder, out_channels=decoder_channels, norm=decoder_use_norm)
         super().__init__(
@@ -144,5 +149,6 @@ class UPerNet(EncoderDecoderModel):
             classes,
             activation,
             aux_params=aux_params,
+            aux_head=aux_head,
         )
         check_head_upsampling("UPerNet", upsampling, self.decoder.output_stride)

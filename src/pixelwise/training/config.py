@@ -21,6 +21,7 @@ from pixelwise.data.targets import BOUNDARY_CLASSES, Target, TargetOptions
 from pixelwise.data.transforms import DEFAULT_CROP_SAMPLING_RATIO, CropSampling
 from pixelwise.errors import ConfigError, check_choice, unknown_name
 from pixelwise.io import atomic_path, read_text
+from pixelwise.models.registry import list_models, model_options
 from pixelwise.modes import IGNORE_INDEX, Mode
 from pixelwise.training.checks import coerce
 
@@ -56,6 +57,7 @@ RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "warmup_epochs": (0, None, "1"),
     "gradient_clip": (0, None, "1.0"),
     "ema_decay": (0, 1, "0.998"),
+    "aux_loss_weight": (0, None, "0.4"),
     "weight_map_w0": (0, None, "10"),
     "weight_map_sigma": (0, None, "5"),
     "separation_gap": (0, None, "1"),
@@ -71,6 +73,25 @@ CLASS_WEIGHTINGS = ("median", "sqrt_median")
 BOUNDARY_NUM_CLASSES = len(BOUNDARY_CLASSES)
 ALIASES = {"weight_map": "loss_weight_map"}
 """Older or shorter YAML keys and the fields they set."""
+AUX_OPTIONS = ("deep_supervision", "aux_head")
+"""The model options that add auxiliary outputs (U-Net family; PSPNet, DeepLab, UPerNet); ``aux_loss_weight``
+turns on the one the architecture has."""
+
+
+def aux_option(arch: str) -> str:
+    """The option of architecture ``arch`` that adds auxiliary outputs (an entry of :data:`AUX_OPTIONS`).
+
+    Raises:
+        ConfigError: ``arch`` has none (the message lists the architectures that have one).
+    """
+    option = next((name for name in AUX_OPTIONS if name in model_options(arch)), None)
+    if option is None:
+        supported = [name for name in list_models() if any(o in model_options(name) for o in AUX_OPTIONS)]
+        raise ConfigError(
+            f"aux_loss_weight needs a model with auxiliary outputs, but model={arch!r} has none; use one of "
+            f"{', '.join(supported)}, or aux_loss_weight=0."
+        )
+    return option
 
 
 @dataclass
@@ -148,13 +169,14 @@ class TrainConfig:
     For ``unet2015`` the input tile, rounded up to a valid size (572 in the paper) and cut from the
     image mirror-padded by the network's border; the loss sees the smaller output tile (388)."""
     crop_sampling: CropSampling = "uniform"
-    """Where training crops are cut: ``uniform`` (anywhere), ``class_balanced`` (in ``crop_sampling_ratio``
-    of the crops, centred on a pixel of a class drawn uniformly among those in the image: rare classes
-    appear far more often than their pixel share, as MONAI's RandCropByLabelClasses) or ``foreground``
-    (centred on a pixel of any class but 0, as MONAI's RandCropByPosNegLabel). Needs ``crop``."""
+    """Where training crops are cut: ``uniform`` (anywhere); ``class_balanced`` (in ``crop_sampling_ratio``
+    of the crops: a class drawn uniformly over the training set, an image holding it, the crop centred on
+    one of its pixels); ``rare_class`` (the same, classes drawn by DAFormer's rare class sampling,
+    exp((1 - pixel share) / 0.01): mostly classes under 1 % of the pixels); or ``foreground`` (centred on
+    a pixel of any class but 0, as MONAI's RandCropByPosNegLabel). Needs ``crop``."""
     crop_sampling_ratio: float = DEFAULT_CROP_SAMPLING_RATIO
-    """Share of training crops centred on a chosen pixel with ``crop_sampling`` ``class_balanced`` or
-    ``foreground``, in [0, 1]; the others are uniform."""
+    """Share of training crops centred on a chosen pixel with ``crop_sampling`` ``class_balanced``,
+    ``rare_class`` or ``foreground``, in [0, 1]; the others are uniform."""
     augment: AugmentPreset | list = "light"
     """Preset ``none``, ``light`` or ``strong``, or a list of presets and transforms (see data.transforms)."""
     loss: str | dict[str, float] = "ce+dice"
@@ -166,6 +188,12 @@ class TrainConfig:
     (their square roots: a milder balance, better when the loss has a Dice term, which already
     weighs classes equally) or one weight per class. They weight the loss's cross-entropy term
     (``ce``) when it has one, else every term that takes class weights (``dice``, ``jaccard``, ...)."""
+    aux_loss_weight: float = 0.0
+    """Weight of the auxiliary losses (0: none). Above 0 the model is built with its auxiliary outputs (U-Net,
+    U-Net++: ``deep_supervision``, nnU-Net's losses on intermediate decoder stages; PSPNet, DeepLabV3(+),
+    UPerNet: ``aux_head``, an FCN head on the second-deepest encoder feature, as torchvision and MMSegmentation)
+    and the training loss is ``loss(main) + aux_loss_weight × weighted mean of loss(aux_i)``; validation,
+    metrics and prediction use the main output only. Typical: 0.4 (MMSegmentation), 0.5 (torchvision)."""
     loss_weight_map: str | None = None
     """Per-pixel loss weights: ``None`` or ``"unet"``, the U-Net border weight map, computed on every augmented
     crop from the instance labels (the data's ``instances/`` folder, else connected components of the mask);
@@ -259,6 +287,8 @@ class TrainConfig:
                 "images: give --crop (e.g. 256) or use --crop-sampling uniform."
             )
         self._validate_targets()
+        if self.aux_loss_weight > 0:
+            aux_option(self.model)  # an architecture without auxiliary outputs fails here, before any run folder
         self.logger = logger_names(self.logger) or None
         return self
 

@@ -8,11 +8,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
-from pixelwise.data import SegmentationFolder, build_transforms
+from pixelwise.data import ClassPresence, SegmentationFolder, build_transforms, class_presence
 from pixelwise.data.targets import TargetOptions, training_targets
-from pixelwise.data.transforms import shift_image
+from pixelwise.data.transforms import DATA_SET_SAMPLINGS, shift_image
 from pixelwise.training.config import TrainConfig
 
 MIN_EPOCH_STEPS = 50
@@ -135,6 +136,8 @@ class SegmentationDataModule(L.LightningDataModule):
             "format": config.data_format,
             "layout_options": config.data_options,
         }
+        self.train_set = SegmentationFolder(config.data, split=config.train_split, files=config.train_files, **common)
+        self.presence = self._class_presence(self.train_set)
         augment = build_transforms(
             config.augment,
             crop_size=config.crop,
@@ -142,19 +145,27 @@ class SegmentationDataModule(L.LightningDataModule):
             mirror_border=self.mirror_border,
             crop_sampling=config.crop_sampling,
             crop_sampling_ratio=config.crop_sampling_ratio,
+            class_presence=self.presence,
         )
         prepared = config.scale != 1 or any(config.mask_offset)
-        train_transform = PreparedTransform(config.scale, config.mask_offset, augment) if prepared else augment
+        self.train_set.transform = PreparedTransform(config.scale, config.mask_offset, augment) if prepared else augment
         val_transform = PreparedTransform(config.scale, config.mask_offset) if prepared else None
-        self.train_set = SegmentationFolder(
-            config.data, split=config.train_split, transform=train_transform, files=config.train_files, **common
-        )
         self.val_set = SegmentationFolder(
             config.data, split=config.val_split, files=config.val_files, transform=val_transform, **common
         )
         if targets.active:
             self.train_set = InstanceTargets(self.train_set, targets)
             self.val_set = InstanceTargets(self.val_set, targets)
+
+    def _class_presence(self, train_set: SegmentationFolder) -> ClassPresence | None:
+        """Which training masks hold which classes, for ``class_balanced`` and ``rare_class`` crops (else None):
+        one pass over the masks (no images), so the sampler can draw classes over the whole data set."""
+        sampling = self.config.crop_sampling
+        if sampling not in DATA_SET_SAMPLINGS or self.config.crop is None:
+            return None
+        rank_zero_info(f"crop_sampling {sampling}: reading the classes of {len(train_set)} training masks")
+        masks = (train_set.read_mask(i) for i in range(len(train_set)))
+        return class_presence(masks, train_set.num_classes, sampling)
 
     def samples_per_epoch(self) -> int:
         """Training crops per epoch: ``samples_per_epoch`` if given, else one per training image and at
@@ -166,7 +177,12 @@ class SegmentationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         config = self.config
         samples = self.samples_per_epoch()
-        sampler = RandomSampler(self.train_set, replacement=samples > len(self.train_set), num_samples=samples)
+        sampler: Sampler[int]
+        if self.presence is not None:  # class-uniform sampling: images holding rare classes come more often
+            weights = torch.from_numpy(self.presence.image_weights(config.crop_sampling_ratio))
+            sampler = WeightedRandomSampler(weights, num_samples=samples, replacement=True)
+        else:
+            sampler = RandomSampler(self.train_set, replacement=samples > len(self.train_set), num_samples=samples)
         return DataLoader(
             self.train_set,
             batch_size=config.batch_size,

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from pixelwise.errors import ConfigError
 from pixelwise.io import load_weights
 from pixelwise.models import SegmentationModel
-from pixelwise.models.base import WEIGHTS_NAME
+from pixelwise.models.base import AUX_HEADS, WEIGHTS_NAME
 from pixelwise.models.geometry import center_crop
 from pixelwise.modes import IGNORE_INDEX
 from pixelwise.training import run as run_module
@@ -198,7 +198,10 @@ def fit(
         runs_dir, name: the run directory is ``runs_dir/name`` (name default: model-encoder-time).
         resume: continue the run ``runs_dir/name`` from its ``last.ckpt`` (pass the same data again).
         **options: any other :class:`~pixelwise.training.config.TrainConfig` field (``scheduler``, ``crop``,
-            ``accelerator``, ``seed``, ``max_minutes``, ``class_weights``, ...).
+            ``accelerator``, ``seed``, ``max_minutes``, ``class_weights``, ``aux_loss_weight``, ...). With
+            ``aux_loss_weight > 0`` the run trains auxiliary heads (deep supervision, auxiliary FCN head);
+            ``model`` gets them back only if it was built with them (``deep_supervision=True`` /
+            ``aux_head=True``); its ``forward`` is the same either way.
 
     Returns:
         :class:`FitResult` with ``history`` (``loss``, ``val_loss``, ``miou``, ``val_miou``, ``accuracy``,
@@ -243,7 +246,10 @@ def fit(
         if created and not (run_dir / "last.ckpt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume: leave no trace, as train() does
         raise
-    model.load_state_dict(load_weights(result.run_dir / "model" / WEIGHTS_NAME))
+    weights = load_weights(result.run_dir / "model" / WEIGHTS_NAME)
+    if not model.has_aux_outputs:  # aux_loss_weight trained auxiliary heads this model was built without
+        weights = {key: value for key, value in weights.items() if not key.startswith(f"{AUX_HEADS}.")}
+    model.load_state_dict(weights)
     return FitResult(result.run_dir, read_history(result.run_dir / "metrics.csv"), result)
 
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,13 +193,15 @@ def train(
     resume: bool = False,
     start: float | None = None,
     callbacks: Sequence[L.Callback] = (),
+    artifacts: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Fit a model as ``config`` says; with ``resume``, continue the run in ``config.runs_dir/config.name``.
 
     ``start`` (a ``time.perf_counter()`` value) is when the budget ``max_minutes`` began: by default
     now; the command line passes the start of its process (:func:`process_start`), so that the whole
     command keeps the budget. ``callbacks``: Lightning callbacks added to the run's own (e.g. the
-    Keras metrics of :func:`pixelwise.fit`).
+    Keras metrics of :func:`pixelwise.fit`). ``artifacts``: text files written (atomically) into the run
+    directory beside ``config.yaml``, e.g. the training plan's ``fingerprint.json`` and ``plan.md``.
 
     Raises:
         ConfigError, DataError: a bad option or data folder, before any run directory is written; a run
@@ -246,6 +248,10 @@ def train(
         trainer = build_trainer(config, run_dir, [*run_callbacks, *callbacks])
     created = not run_dir.exists()
     save_config(config, run_dir)
+    if trainer.is_global_zero:
+        for name, text in (artifacts or {}).items():
+            with atomic_path(run_dir / name) as tmp:
+                tmp.write_text(text)
     removed = remove_stale_temporaries(run_dir) if trainer.is_global_zero else []
     if removed:
         rank_zero_info(f"removed {len(removed)} temporary files left by an interrupted run in {run_dir}")

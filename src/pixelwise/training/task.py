@@ -3,6 +3,12 @@
 Reads top to bottom like the torchvision references: the model (``configure_model_``), the loss,
 the metrics, one ``_shared_step(batch, stage)`` for training and validation, then the optimiser
 and its schedule.
+
+With ``aux_loss_weight > 0`` (deep supervision, auxiliary FCN head) the training loss is::
+
+    loss(main, mask) + aux_loss_weight × Σ_i w_i · loss(upsample(aux_i), mask),  w_i ∝ 2**-i, Σ w_i = 1
+
+(auxiliary outputs finest first); validation and the metrics see the main output only.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.errors import ConfigError
@@ -24,11 +31,20 @@ from pixelwise.models import SegmentationModel, create_model
 from pixelwise.models.base import segmentation_output
 from pixelwise.models.geometry import center_crop, forward_mirrored, uses_valid_convolution
 from pixelwise.models.registry import takes_encoder
-from pixelwise.training.config import TrainConfig
+from pixelwise.training.config import TrainConfig, aux_option
 
 STAGES = ("train", "val")
 CLASS_WEIGHTED_LOSSES = ("ce",)
 """Loss terms the run's ``class_weights`` go to when the loss has one of them (see ``_weighted_spec``)."""
+AUX_DECAY = 0.5
+"""Each auxiliary output (finest first) weighs this times the one before it in the auxiliary mean: nnU-Net's
+deep-supervision weights ``1 / 2**i``, normalised to sum 1."""
+
+
+def aux_weights(count: int) -> list[float]:
+    """The weights of ``count`` auxiliary losses (finest first): ``AUX_DECAY**i``, normalised to sum 1."""
+    raw = [AUX_DECAY**i for i in range(count)]
+    return [w / sum(raw) for w in raw]
 
 
 def build_model(config: TrainConfig | Mapping[str, Any], in_channels: int, classes: int) -> SegmentationModel:
@@ -36,9 +52,15 @@ def build_model(config: TrainConfig | Mapping[str, Any], in_channels: int, class
     or a mapping of its fields (e.g. a checkpoint's hyper-parameters; absent keys count as None).
 
     ``classes`` is the number of classes of the data; a ``mode="binary"`` model has one output channel.
+    With ``aux_loss_weight > 0`` the model gets its auxiliary outputs (``deep_supervision`` or ``aux_head``).
+
+    Raises:
+        ConfigError: ``aux_loss_weight > 0`` for an architecture without auxiliary outputs.
     """
     values = config.to_dict() if isinstance(config, TrainConfig) else config
     options = dict(values.get("model_options") or {})
+    if (values.get("aux_loss_weight") or 0) > 0:
+        options[aux_option(values["model"])] = True
     if values.get("encoder") and takes_encoder(values["model"]):
         options.setdefault("encoder_name", values["encoder"])
         options.setdefault("encoder_weights", values.get("encoder_weights"))
@@ -105,6 +127,7 @@ class SegmentationTask(L.LightningModule):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.loss = self.configure_loss()
         self.metrics = {stage: self.configure_metrics() for stage in STAGES}
+        self._aux_logits: list[torch.Tensor] = []  # set by forward in training with aux_loss_weight, read once
 
     def _weighted_spec(self) -> dict[str, dict]:
         """The loss spec with the run's class weights given to its cross-entropy term when it has one
@@ -138,7 +161,38 @@ class SegmentationTask(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, C, H, W]`` images in [0, 1] → ``[N, K, H, W]`` logits."""
         x = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        if self.training and self.config.aux_loss_weight > 0:
+            # One pass gives both; the auxiliary logits are kept for the loss (_shared_step) so that forward
+            # still returns the main logits alone, which forward hooks (fit's Keras metrics) expect.
+            output, self._aux_logits = self.model.forward_with_aux(x)
+            return segmentation_output(output)
         return segmentation_output(self.model(x))  # the masks; an aux_params head's labels are not trained here
+
+    def aux_loss(
+        self, aux_logits: list[torch.Tensor], mask: torch.Tensor, weight_map: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The weighted mean (:func:`aux_weights`) of the run's loss on each auxiliary output.
+
+        Each auxiliary output is upsampled by its stride (bilinear, as torchvision's and MMSegmentation's
+        auxiliary heads) rather than the mask downsampled (nearest, as nnU-Net): every labelled pixel,
+        ``ignore_index`` and the per-pixel weight map stay exact, and thin structures (membranes, vessels)
+        are not lost to nearest-neighbour subsampling. The upsampled scores are then cut to the mask: at the
+        top left for padded models (whose padding is at the bottom and right), at the centre for a
+        valid-convolution model (its coarser outputs cover a larger region centred on the main output).
+
+        Shape: ``aux_logits[i]`` ``[N, K, h_i, w_i]`` at stride ``model.aux_strides[i]``, ``mask`` ``[N, H, W]``
+        → scalar.
+        """
+        total = torch.zeros((), device=mask.device)
+        strides = self.model.aux_strides
+        for weight, logits, stride in zip(aux_weights(len(aux_logits)), aux_logits, strides, strict=True):
+            upsampled = F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
+            if self.valid_conv:
+                upsampled = center_crop(upsampled, mask.shape[-2:])
+            else:
+                upsampled = upsampled[..., : mask.shape[-2], : mask.shape[-1]]
+            total = total + weight * self.loss(upsampled, mask, weight_map=weight_map)
+        return total
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         mask, weight_map = batch["mask"], batch.get("weight_map")
@@ -151,6 +205,9 @@ class SegmentationTask(L.LightningModule):
             mask = center_crop(mask, logits.shape[-2:])
             weight_map = None if weight_map is None else center_crop(weight_map, logits.shape[-2:])
         loss = self.loss(logits, mask, weight_map=weight_map)
+        aux_logits, self._aux_logits = self._aux_logits, []
+        if stage == "train" and aux_logits:
+            loss = loss + self.config.aux_loss_weight * self.aux_loss(aux_logits, mask, weight_map)
         self.metrics[stage].update(logits.detach(), mask)
         self.log(
             f"{stage}_loss",

@@ -1,0 +1,504 @@
+"""A training plan derived from the data, the time budget and a measured step time (nnU-Net's idea, for 2-D images).
+
+A :class:`~pixelwise.data.fingerprint.Fingerprint` says what the data are like; each rule below turns one
+fact of it into one or a few training options, and says which fact decided::
+
+    fingerprint ─┬─ symmetry_rule      up/down and left/right of the labels → flips and 90° turns (d4 | hflip | none)
+                 ├─ intensity_rule     channels (grey microscopy vs colour photographs) → intensity augmentation
+                 ├─ offset_rule        the measured half-pixel mask offset → mask_offset
+                 ├─ resolution_rule    the thinnest class's width vs the image size → scale, full-resolution stem
+                 ├─ loss_rule          class shares, thin rare classes → loss and class weights
+                 └─ model_rule         device, cached weights → architecture, encoder, batch, precision
+    + budget and measured step time ─── size_rule → crop (or whole images), epoch length, lr, EMA
+
+The rules are plain functions of the fingerprint and a :class:`PlanContext`; none looks at a data set's name.
+Options the user set are fixed inputs: their rules are skipped and the rest plan around them (the step time is
+measured with the user's model and batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import timm
+import torch
+from huggingface_hub import try_to_load_from_cache
+
+from pixelwise.data.fingerprint import Fingerprint, compute_fingerprint
+from pixelwise.training.config import field_names
+from pixelwise.training.steptime import measure_step
+
+RECIPE_OPTIONS = frozenset(
+    {
+        "model",
+        "encoder",
+        "encoder_weights",
+        "model_options",
+        "batch_size",
+        "scale",
+        "crop",
+        "augment",
+        "loss",
+        "class_weights",
+        "lr",
+        "optimizer",
+        "scheduler",
+        "warmup_epochs",
+        "weight_decay",
+        "ema_decay",
+        "mask_offset",
+        "samples_per_epoch",
+        "epochs",
+        "precision",
+    }
+)
+"""The TrainConfig options a plan decides: ``pixelwise train --plan auto`` plans when none of them is given."""
+SYMMETRY_TOLERANCE = 0.1
+"""Largest total-variation distance between the class distributions of two image halves (top/bottom,
+left/right; row bands/column bands for 90° turns) for the labels to count as symmetric under that flip: a
+tenth of the labelled pixels would have to change class. A score within ``CHANCE_FACTOR`` times its chance
+level (the same score over random flips of a symmetric set) counts as symmetric too: small sets scatter."""
+CHANCE_FACTOR = 3.0
+THIN_WIDTH = 8.0
+"""A class whose objects are at most this wide (pixels at the training scale, the area-weighted median of
+area / skeleton length) is thin: it gets the decoder's full-resolution stem (a stride-1 skip). 8 px are four
+cells of the finest skip the decoder has without it (stride 2)."""
+MIN_WIDTH_AFTER_SCALING = 1.0
+"""Training at half resolution is ruled out when a class's objects would become narrower than one pixel (they
+would vanish from the nearest-neighbour resized masks)."""
+LARGE_OBJECTS = 0.5
+"""Half resolution when the typical labelled pixel (pixel-share-weighted over classes) belongs to an object
+spanning at least this share of the image side: context then matters more than the finest detail."""
+LARGE_IMAGE_SIDE = 320
+"""Only images whose shorter side reaches this train at half resolution (smaller ones keep every pixel)."""
+MIN_CLASS_SHARE = 0.001
+"""Classes below this share of the pixels are too rare to decide a width on their own."""
+RARE_SHARE = 0.10
+"""A thin class under this share of the pixels, or any class under ``RARE_SHARE / 5`` of them, makes the loss
+``ce+dice`` with square-root median-frequency weights (Dice scores each class by its own overlap)."""
+CROP_CANDIDATES = (256, 192, 128)
+"""Training crop sides tried, largest (most context) first."""
+TARGET_STEPS = 2500
+"""Optimiser steps a budget should buy: the largest candidate crop that reaches it is chosen."""
+STEPS_FOR_EMA = 1000
+"""Weight EMA (decay ``EMA_DECAY``, horizon about 500 steps) only when the budget buys this many steps."""
+EMA_DECAY = 0.998
+EPOCHS_PER_BUDGET = 20
+"""Epochs a budget is cut into (so the schedule's warm-up is one twentieth of it); validation runs at most
+every epoch and takes at most a tenth of the training time (TimeBudget)."""
+BASE_LR = 1e-3
+"""AdamW learning rate at batch size 1; scaled by ``sqrt(batch)`` (2e-3 at 4, 2.8e-3 at 8)."""
+TRAIN_SHARE = 0.85
+"""Share of the budget expected for optimiser steps (the rest: data check, validation, export)."""
+CPU_MODEL = {
+    "model": "unet",
+    "encoder": "resnet18",
+    "batch_size": 4,
+    "model_options": {"decoder_channels": [128, 64, 32, 16, 16]},
+}
+GPU_MODEL = {
+    "model": "unet",
+    "encoder": "resnet34",
+    "batch_size": 16,
+    "precision": "bf16-mixed",
+    "model_options": {"decoder_channels": [256, 128, 64, 32, 16]},
+}
+STEM_CHANNELS = 16
+GREY_INTENSITY = [
+    {"name": "RandomBrightness", "delta": 0.1},
+    {"name": "RandomContrast", "amount": 0.2},
+    {"name": "RandomGamma", "gamma": [0.7, 1.5]},
+    {"name": "RandomGaussianNoise", "sigma": 0.03, "p": 0.5},
+]
+"""Grey-value variation for single-channel images (microscopy, EM, X-ray): the U-Net paper's kind."""
+COLOUR_INTENSITY = [{"name": "ColorJitter", "brightness": 0.25, "contrast": 0.25, "saturation": 0.25}]
+"""Photometric variation for colour photographs."""
+SYMMETRY_FLIPS = {
+    "d4": ["light"],
+    "hflip": [{"name": "RandomHorizontalFlip", "p": 0.5}],
+    "none": [],
+}
+SYMMETRY_TTA = {"d4": "d4", "hflip": "hflip", "none": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One planned option: its value and the fact that decided it."""
+
+    option: str
+    value: Any
+    reason: str
+
+
+@dataclasses.dataclass
+class PlanContext:
+    """What the rules know besides the fingerprint.
+
+    Attributes:
+        budget_minutes: the training budget (``max_minutes``); None: no budget (``TARGET_STEPS`` steps planned).
+        accelerator: ``"cpu"`` or ``"gpu"``.
+        fixed: options the user set (TrainConfig field names): never planned, used as given.
+        step_seconds: measures one optimiser step of ``options`` (a dict of TrainConfig fields with ``crop``
+            and ``batch_size``), in seconds; see :func:`pixelwise.training.steptime.measure_step`.
+        cached_weights: the encoder has ImageNet weights available offline.
+    """
+
+    budget_minutes: float | None = None
+    accelerator: str = "cpu"
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    step_seconds: Callable[[dict[str, Any]], float] | None = None
+    cached_weights: Callable[[str], bool] = lambda encoder: False
+
+
+@dataclasses.dataclass
+class Plan:
+    """The planned options, each with its reason, and the facts later steps need."""
+
+    choices: list[Choice]
+    symmetry: str
+    """``d4``, ``hflip`` or ``none``: the flips the labels allow (augmentation and test-time augmentation)."""
+    mask_offset: list[float] | None
+
+    def options(self) -> dict[str, Any]:
+        """The TrainConfig values of the plan (later choices of an option win)."""
+        return {c.option: c.value for c in self.choices if c.option in set(field_names())}
+
+    @property
+    def tta(self) -> str | None:
+        """The test-time augmentation matching the symmetry group (``evaluate --tta``)."""
+        return SYMMETRY_TTA[self.symmetry]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "options": self.options(),
+            "symmetry": self.symmetry,
+            "mask_offset": self.mask_offset,
+            "tta": self.tta,
+            "reasons": {c.option: c.reason for c in self.choices},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def to_text(self) -> str:
+        """The plan for a terminal: ``option: value`` and, indented below, why."""
+        lines = [f"training plan (symmetry {self.symmetry}):"]
+        for choice in self.choices:
+            lines += [f"  {choice.option}: {json.dumps(choice.value, default=str)}", f"      {choice.reason}"]
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """``plan.md``: one line per option, with the fact that decided it."""
+        lines = ["# Training plan", "", "| option | value | why |", "|---|---|---|"]
+        lines += [f"| `{c.option}` | `{json.dumps(c.value, default=str)}` | {c.reason} |" for c in self.choices]
+        return "\n".join(lines) + "\n"
+
+
+# -- the rules -----------------------------------------------------------------------------------------------
+def _symmetric(orientation: Mapping[str, float], axis: str) -> bool:
+    score, chance = orientation[f"{axis}_asymmetry"], orientation.get(f"{axis}_chance", 0.0)
+    return score <= SYMMETRY_TOLERANCE or score <= CHANCE_FACTOR * chance
+
+
+def symmetry_group(fp: Fingerprint) -> tuple[str, str]:
+    """``(group, reason)``: ``d4`` when the labels look the same under vertical and horizontal flips and under
+    a transposition (90° turns), ``hflip`` when only left/right is free, else ``none``."""
+    orientation = fp.orientation
+    facts = (
+        f"class distributions differ by {orientation['vertical_asymmetry']:.3f} top/bottom, "
+        f"{orientation['horizontal_asymmetry']:.3f} left/right, {orientation['transpose_asymmetry']:.3f} "
+        f"rows/columns (symmetric: ≤ {SYMMETRY_TOLERANCE} or ≤ {CHANCE_FACTOR:g}× chance)"
+    )
+    free = {axis: _symmetric(orientation, axis) for axis in ("vertical", "horizontal", "transpose")}
+    if all(free.values()):
+        return "d4", f"{facts}: flips and 90° turns"
+    if free["horizontal"]:
+        return "hflip", f"{facts}: the labels have an up and a down; horizontal flips only"
+    return "none", f"{facts}: no flip keeps the labels' layout"
+
+
+def symmetry_rule(fp: Fingerprint, context: PlanContext) -> list[Choice]:
+    group, reason = symmetry_group(fp)
+    return [Choice("symmetry", group, reason)]
+
+
+def intensity_rule(fp: Fingerprint, context: PlanContext, group: str) -> list[Choice]:
+    """Augmentation: the flips of the symmetry group, scale jitter, and intensity changes by modality."""
+    flips = SYMMETRY_FLIPS[group]
+    if fp.channels == 3:
+        affine = {"name": "RandomAffine", "degrees": 0, "scale": [0.8, 1.25]}
+        augment = [*flips, affine, *COLOUR_INTENSITY]
+        why = "3 channels (colour photographs): scale jitter and colour jitter"
+    else:
+        rotate = {"name": "RandomApply", "transforms": [{"name": "RandomAffine", "degrees": 20}], "p": 0.5}
+        geometric = [rotate, {"name": "RandomElasticGrid", "p": 0.5}] if group == "d4" else []
+        augment = [*flips, *geometric, *GREY_INTENSITY]
+        why = f"{fp.channels} channel(s) (grey-value images): brightness, contrast, gamma and noise"
+        why += "; free orientation: small rotations and elastic deformation" if group == "d4" else ""
+    return [Choice("augment", augment, f"{why}; flips of group {group}")]
+
+
+def offset_rule(fp: Fingerprint, context: PlanContext) -> list[Choice]:
+    if not fp.mask_offset or not any(fp.mask_offset):
+        return []
+    dy, dx = fp.mask_offset
+    return [
+        Choice(
+            "mask_offset",
+            list(fp.mask_offset),
+            f"the masks' edges sit {dy:+.2f} px (rows), {dx:+.2f} px (columns) from the image's edges",
+        )
+    ]
+
+
+def thinnest_class(fp: Fingerprint) -> tuple[int, float] | None:
+    """``(class, width in pixels)`` of the thinnest class with at least ``MIN_CLASS_SHARE`` of the pixels (width:
+    the area-weighted median of its objects' area / skeleton length)."""
+    widths = [
+        (c, float(obj["weighted_width"]))
+        for c, obj in enumerate(fp.objects)
+        if fp.class_pixels[c] >= MIN_CLASS_SHARE and obj.get("weighted_width")
+    ]
+    return min(widths, key=lambda item: item[1]) if widths else None
+
+
+def typical_extent(fp: Fingerprint) -> float:
+    """The pixel-share-weighted mean over classes of the area-weighted object extent (object side / image side)."""
+    return float(
+        sum(share * (obj.get("weighted_extent") or 0.0) for share, obj in zip(fp.class_pixels, fp.objects, strict=True))
+    )
+
+
+def resolution_rule(fp: Fingerprint, context: PlanContext) -> list[Choice]:
+    """Half resolution for large images of large objects whose thinnest class stays a pixel wide; the
+    full-resolution stem when a class is thin at the training scale."""
+    thinnest, extent = thinnest_class(fp), typical_extent(fp)
+    short_side = min(fp.sizes["height"]["median"], fp.sizes["width"]["median"])
+    half = short_side >= LARGE_IMAGE_SIDE and extent >= LARGE_OBJECTS
+    if thinnest is not None and thinnest[1] / 2 < MIN_WIDTH_AFTER_SCALING:
+        half = False
+    size_fact = f"images {short_side:.0f} px on the short side, objects spanning {extent:.2f} of it (pixel-weighted)"
+    if half:
+        reason = (
+            f"{size_fact} (≥ {LARGE_OBJECTS}): half resolution quarters the pixels per step and doubles the context"
+        )
+    else:
+        reason = f"{size_fact}: full resolution"
+        if thinnest is not None and thinnest[1] / 2 < MIN_WIDTH_AFTER_SCALING:
+            reason += f" ({fp.class_names[thinnest[0]]} would be under a pixel wide at half resolution)"
+    choices = [] if "scale" in context.fixed else [Choice("scale", 0.5 if half else 1.0, reason)]
+    scale = float(context.fixed.get("scale", 0.5 if half else 1.0))
+    if thinnest is not None and thinnest[1] * scale <= THIN_WIDTH:
+        width = thinnest[1] * scale
+        choices.append(
+            Choice(
+                "model_options",
+                {"decoder_full_resolution_channels": STEM_CHANNELS},
+                f"{fp.class_names[thinnest[0]]} is {width:.1f} px wide at the training scale "
+                f"(≤ {THIN_WIDTH:g}): a stride-1 skip keeps thin structures",
+            )
+        )
+    return choices
+
+
+def loss_rule(fp: Fingerprint, context: PlanContext) -> list[Choice]:
+    """``ce+dice`` with square-root median-frequency weights for rare or thin-and-uncommon classes, else ``ce``."""
+    shares = [(share, c) for c, share in enumerate(fp.class_pixels) if share > 0]
+    rarest_share, rarest = min(shares)
+    thinnest = thinnest_class(fp)
+    thin_rare = thinnest is not None and fp.class_pixels[thinnest[0]] < RARE_SHARE and thinnest[1] <= THIN_WIDTH
+    if rarest_share < RARE_SHARE / 5 or thin_rare:
+        fact = (
+            f"{fp.class_names[thinnest[0]]} is thin ({thinnest[1]:.1f} px) and {fp.class_pixels[thinnest[0]]:.1%} "
+            "of the pixels"
+            if thin_rare
+            else f"{fp.class_names[rarest]} is {rarest_share:.2%} of the pixels"
+        )
+        return [
+            Choice("loss", "ce+dice", f"{fact}: Dice scores each class by its own overlap, whatever its share"),
+            Choice(
+                "class_weights",
+                "sqrt_median",
+                f"{fact}: square roots of median-frequency weights "
+                "(full weights on top of Dice over-predict rare classes)",
+            ),
+        ]
+    return [
+        Choice(
+            "loss",
+            "ce",
+            f"the rarest class ({fp.class_names[rarest]}) is {rarest_share:.1%} of the pixels "
+            "and none is thin and rare: plain cross-entropy",
+        )
+    ]
+
+
+def model_rule(fp: Fingerprint, context: PlanContext) -> list[Choice]:
+    base = GPU_MODEL if context.accelerator == "gpu" else CPU_MODEL
+    device = (
+        "a GPU: a larger encoder, batch and bf16"
+        if context.accelerator == "gpu"
+        else "the CPU: a small encoder and batch, so the budget buys enough steps"
+    )
+    choices = [Choice(key, value, f"training on {device}") for key, value in base.items()]
+    encoder = context.fixed.get("encoder", base["encoder"])
+    if context.cached_weights(str(encoder)) and fp.channels == 3:
+        choices.append(Choice("encoder_weights", "imagenet", f"ImageNet weights of {encoder} are in the local cache"))
+    else:
+        why = "no ImageNet weights in the local cache" if fp.channels == 3 else f"{fp.channels}-channel images"
+        choices.append(Choice("encoder_weights", None, f"{why}: trained from scratch"))
+    return choices
+
+
+def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) -> list[Choice]:
+    """Crop (or whole images), epoch length, learning rate and EMA from the measured step time and the budget."""
+    scale = float(options.get("scale", 1.0))
+    batch = int(options["batch_size"])
+    height, width = fp.sizes["height"]["median"] * scale, fp.sizes["width"]["median"] * scale
+    same_size = all(fp.sizes[axis]["min"] == fp.sizes[axis]["max"] for axis in ("height", "width"))
+    candidates: list[int | None] = [c for c in CROP_CANDIDATES if c < max(height, width)]
+    if same_size and height * width <= CROP_CANDIDATES[0] ** 2:
+        candidates = [None, *candidates]  # whole images when they are no larger than the largest crop
+    candidates = candidates or [None]
+    budget = None if context.budget_minutes is None else context.budget_minutes * 60 * TRAIN_SHARE
+    chosen, seconds, measured = candidates[-1], None, []
+    for crop in candidates:
+        step = context.step_seconds({**options, "crop": crop}) if context.step_seconds else None
+        measured.append((crop, step))
+        if budget is None or step is None or budget / step >= TARGET_STEPS:
+            chosen, seconds = crop, step
+            break
+        chosen, seconds = crop, step
+    steps = TARGET_STEPS if budget is None or seconds is None else int(budget / seconds)
+    timing = ", ".join(f"{c or 'whole'}: {s:.2f} s" for c, s in measured if s is not None)
+    what = "whole images" if chosen is None else f"{chosen}² crops"
+    crop_reason = (
+        f"measured step times ({timing}) and a {context.budget_minutes} min budget: {what} buy about "
+        f"{steps} steps (target {TARGET_STEPS})"
+        if timing
+        else f"{what}: no step time measured"
+    )
+    epoch_samples = max(batch, steps // EPOCHS_PER_BUDGET * batch)
+    lr = float(f"{BASE_LR * math.sqrt(batch):.3g}")  # three significant digits, as a person writes it
+    choices = [
+        Choice("crop", chosen, crop_reason),
+        Choice(
+            "samples_per_epoch",
+            epoch_samples,
+            f"about {steps} steps cut into {EPOCHS_PER_BUDGET} epochs; "
+            "validation takes at most a tenth of the training time",
+        ),
+        Choice("lr", lr, f"AdamW at {BASE_LR} × sqrt(batch {batch})"),
+        Choice("optimizer", "adamw", "AdamW with a cosine schedule and one warm-up epoch"),
+        Choice("scheduler", "cosine", "anneals towards the end of the budget"),
+        Choice("warmup_epochs", 1, f"one epoch: 1/{EPOCHS_PER_BUDGET} of the budget"),
+        Choice("weight_decay", 1e-4, "the library default"),
+    ]
+    if steps >= STEPS_FOR_EMA:
+        choices.append(
+            Choice(
+                "ema_decay",
+                EMA_DECAY,
+                f"{steps} steps (≥ {STEPS_FOR_EMA}): a weight average over "
+                "the last ~500 steps gives a smoother, better final model",
+            )
+        )
+    if context.budget_minutes is not None:
+        choices.append(Choice("epochs", 10_000, "the time budget ends training; the schedule follows the clock"))
+    else:
+        choices.append(Choice("epochs", EPOCHS_PER_BUDGET, f"no budget: {EPOCHS_PER_BUDGET} epochs"))
+    return choices
+
+
+# -- the plan --------------------------------------------------------------------------------------------------
+def make_plan(fp: Fingerprint, context: PlanContext | None = None) -> Plan:
+    """Apply every rule to ``fp``; options in ``context.fixed`` are not planned (their values are used as given).
+
+    Returns:
+        The :class:`Plan`: its ``options()`` are TrainConfig values, each choice with the fact that decided it.
+    """
+    context = context or PlanContext()
+    group = symmetry_group(fp)[0]
+    choices: list[Choice] = []
+    for rule in (symmetry_rule, offset_rule, resolution_rule, loss_rule, model_rule):
+        choices += rule(fp, context)
+    choices += intensity_rule(fp, context, group)
+    choices = _merge_model_options(choices)
+    chosen = {c.option: c.value for c in choices}
+    choices += size_rule(fp, context, {**chosen, **context.fixed})
+    choices += [Choice("tta", SYMMETRY_TTA[group], f"test-time augmentation of the symmetry group {group}")]
+    kept = [c for c in choices if c.option not in context.fixed]
+    return Plan(kept, group, fp.mask_offset)
+
+
+def _merge_model_options(choices: list[Choice]) -> list[Choice]:
+    """One ``model_options`` choice: the model rule's decoder widths plus the resolution rule's stem."""
+    parts = [c for c in choices if c.option == "model_options"]
+    if len(parts) < 2:
+        return choices
+    merged = Choice(
+        "model_options", {k: v for c in parts for k, v in c.value.items()}, "; ".join(c.reason for c in parts)
+    )
+    return [c for c in choices if c.option != "model_options"] + [merged]
+
+
+def plan_for_data(
+    data: str,
+    *,
+    split: str | None = "train",
+    files: str | list[str] | None = None,
+    data_format: str | None = None,
+    data_options: Mapping[str, Any] | None = None,
+    max_minutes: float | None = None,
+    accelerator: str = "auto",
+    fixed: Mapping[str, Any] | None = None,
+    measure: bool = True,
+    progress: bool | None = None,
+) -> tuple[Fingerprint, Plan]:
+    """Fingerprint a data set's training split, measure step times on this machine, and plan.
+
+    Args:
+        data, split, files, data_format, data_options: the training data, as TrainConfig names them.
+        max_minutes: the training budget (None: plan ``TARGET_STEPS`` steps).
+        accelerator: ``"cpu"``, ``"gpu"`` or ``"auto"`` (a GPU when torch sees one).
+        fixed: options the user set (kept, not planned; the step time is measured with them).
+        measure: time candidate steps (a few seconds each); False: plan without timings (the largest crop).
+        progress: progress bar while fingerprinting (None: for large data sets).
+
+    Returns:
+        ``(fingerprint, plan)``.
+    """
+    fp = compute_fingerprint(
+        data, split, files=files, format=data_format, layout_options=data_options, progress=progress
+    )
+    gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    height, width = fp.sizes["height"]["median"], fp.sizes["width"]["median"]
+
+    def step_seconds(options: dict[str, Any]) -> float:
+        scale = float(options.get("scale", 1.0))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        return measure_step(options, fp.channels, fp.num_classes, size, "cuda" if gpu else "cpu")
+
+    context = PlanContext(
+        budget_minutes=max_minutes,
+        accelerator="gpu" if gpu else "cpu",
+        fixed=dict(fixed or {}),
+        step_seconds=step_seconds if measure else None,
+        cached_weights=imagenet_weights_cached,
+    )
+    return fp, make_plan(fp, context)
+
+
+def imagenet_weights_cached(encoder: str) -> bool:
+    """True when timm's ImageNet weights of ``encoder`` are in the local Hugging Face cache (nothing is downloaded)."""
+    config = timm.models.get_pretrained_cfg(str(encoder).removeprefix("tu-"))
+    hub = getattr(config, "hf_hub_id", None) if config is not None else None
+    if not hub:
+        return False
+    return any(
+        isinstance(try_to_load_from_cache(hub, name), str) for name in ("model.safetensors", "pytorch_model.bin")
+    )

@@ -1,0 +1,237 @@
+"""The training plan's rules on fingerprints built here: each fact moves the option it should, and only that;
+user options are kept; the step-time budget picks the crop; plans of real fingerprints when the data are there."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from pixelwise.data.fingerprint import Fingerprint, compute_fingerprint
+from pixelwise.training.config import TrainConfig
+from pixelwise.training.plan import (
+    BASE_LR,
+    CROP_CANDIDATES,
+    SYMMETRY_TOLERANCE,
+    TARGET_STEPS,
+    THIN_WIDTH,
+    TRAIN_SHARE,
+    PlanContext,
+    make_plan,
+)
+from pixelwise.training.steptime import measure_step
+
+DATA = Path(os.environ.get("PIXELWISE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def fingerprint(
+    *,
+    side: int = 256,
+    channels: int = 1,
+    shares: tuple[float, ...] = (0.7, 0.3),
+    widths: tuple[float, ...] = (40.0, 30.0),
+    extents: tuple[float, ...] = (0.3, 0.3),
+    vertical: float = 0.0,
+    horizontal: float = 0.0,
+    transpose: float = 0.0,
+    offset: list[float] | None = None,
+) -> Fingerprint:
+    """A fingerprint with the given facts (everything else plain)."""
+    k = len(shares)
+    objects = [
+        {
+            "count_per_image": 3,
+            "median_area": 100,
+            "median_width": w,
+            "weighted_width": w,
+            "median_extent": e,
+            "weighted_extent": e,
+            "components": 30,
+        }
+        for w, e in zip(widths, extents, strict=True)
+    ]
+    orientation = {
+        "vertical_asymmetry": vertical,
+        "vertical_chance": 0.01,
+        "horizontal_asymmetry": horizontal,
+        "horizontal_chance": 0.01,
+        "transpose_asymmetry": transpose,
+        "transpose_chance": 0.01,
+    }
+    return Fingerprint(
+        images=20,
+        sampled=20,
+        sizes={
+            "height": {"min": side, "median": side, "max": side},
+            "width": {"min": side, "median": side, "max": side},
+        },
+        channels=channels,
+        bit_depth=8,
+        intensity={},
+        num_classes=k,
+        class_names=[f"c{i}" for i in range(k)],
+        class_pixels=list(shares),
+        class_presence=[1.0] * k,
+        ignored_share=0.0,
+        objects=objects,
+        mask_offset=offset,
+        measured_offset=[None, None],
+        orientation=orientation,
+        split="train",
+        root="r",
+    )
+
+
+def steps_of(seconds: dict) -> PlanContext:
+    return PlanContext(budget_minutes=10, step_seconds=lambda options: seconds[options["crop"]])
+
+
+def test_symmetry_group_follows_the_orientation_scores():
+    assert make_plan(fingerprint()).symmetry == "d4"
+    road = make_plan(fingerprint(vertical=0.8, transpose=0.5, horizontal=0.05))
+    assert road.symmetry == "hflip" and road.tta == "hflip"
+    assert road.options()["augment"][0] == {"name": "RandomHorizontalFlip", "p": 0.5}
+    assert make_plan(fingerprint(vertical=0.8, horizontal=0.4)).symmetry == "none"
+    assert make_plan(fingerprint(transpose=2 * SYMMETRY_TOLERANCE)).symmetry == "hflip"  # no 90° turns
+    d4 = make_plan(fingerprint()).options()["augment"]
+    assert d4[0] == "light"  # flips and 90° turns
+
+
+def test_modality_decides_the_intensity_augmentation():
+    grey = [t["name"] for t in make_plan(fingerprint(channels=1)).options()["augment"] if isinstance(t, dict)]
+    colour = [t["name"] for t in make_plan(fingerprint(channels=3)).options()["augment"] if isinstance(t, dict)]
+    assert {"RandomGamma", "RandomContrast"} <= set(grey) and "ColorJitter" not in grey
+    assert "ColorJitter" in colour and "RandomGamma" not in colour
+
+
+def test_thin_classes_get_the_full_resolution_stem_and_large_objects_half_resolution():
+    thin = make_plan(fingerprint(widths=(40.0, THIN_WIDTH - 1))).options()
+    assert thin["model_options"]["decoder_full_resolution_channels"] > 0
+    assert "decoder_full_resolution_channels" not in make_plan(fingerprint()).options().get("model_options", {})
+    large = make_plan(fingerprint(side=512, extents=(0.9, 0.8))).options()
+    assert large["scale"] == 0.5
+    assert make_plan(fingerprint(side=200, extents=(0.9, 0.8))).options()["scale"] == 1.0  # small images
+    assert make_plan(fingerprint(side=512, extents=(0.2, 0.2))).options()["scale"] == 1.0  # small objects
+    # halving would make class 1 under a pixel wide
+    assert make_plan(fingerprint(side=512, extents=(0.9, 0.8), widths=(40.0, 1.5))).options()["scale"] == 1.0
+
+
+def test_rare_or_thin_rare_classes_change_the_loss():
+    assert make_plan(fingerprint()).options()["loss"] == "ce"
+    rare = make_plan(fingerprint(shares=(0.9, 0.095, 0.005), widths=(40, 30, 30), extents=(0.3, 0.3, 0.3)))
+    assert (rare.options()["loss"], rare.options()["class_weights"]) == ("ce+dice", "sqrt_median")
+    thin_rare = make_plan(fingerprint(shares=(0.93, 0.07), widths=(40, 3)))
+    assert thin_rare.options()["loss"] == "ce+dice"
+    thin_common = make_plan(fingerprint(shares=(0.75, 0.25), widths=(40, 3)))
+    assert thin_common.options()["loss"] == "ce" and "class_weights" not in thin_common.options()
+
+
+def test_the_budget_and_measured_step_time_choose_the_crop():
+    budget = 10 * 60 * TRAIN_SHARE
+    fast = {c: budget / (TARGET_STEPS * 2) for c in CROP_CANDIDATES}
+    assert make_plan(fingerprint(side=512), steps_of(fast)).options()["crop"] == CROP_CANDIDATES[0]
+    slow_large = {CROP_CANDIDATES[0]: budget / 100, CROP_CANDIDATES[1]: budget / (TARGET_STEPS + 1), 128: 0.01}
+    options = make_plan(fingerprint(side=512), steps_of(slow_large)).options()
+    assert options["crop"] == CROP_CANDIDATES[1]
+    steps = int(budget / slow_large[CROP_CANDIDATES[1]])
+    assert options["samples_per_epoch"] == steps // 20 * options["batch_size"]
+    assert options["lr"] == pytest.approx(BASE_LR * math.sqrt(options["batch_size"]), rel=1e-2)
+    assert options["ema_decay"] > 0
+    # whole images when they are no larger than the largest crop and all of one size
+    whole = make_plan(fingerprint(side=200), steps_of({None: 0.01, 128: 0.01}))
+    assert whole.options()["crop"] is None
+
+
+def test_user_options_are_kept_and_planned_around():
+    seen = []
+
+    def step(options):
+        seen.append((options["crop"], options["batch_size"], options["encoder"]))
+        return 0.01
+
+    context = PlanContext(budget_minutes=5, fixed={"encoder": "resnet34", "batch_size": 2}, step_seconds=step)
+    plan = make_plan(fingerprint(side=512), context)
+    assert "encoder" not in plan.options() and "batch_size" not in plan.options()
+    assert seen and all(batch == 2 and encoder == "resnet34" for _, batch, encoder in seen)
+    assert plan.options()["lr"] == pytest.approx(BASE_LR * math.sqrt(2), rel=1e-2)
+
+
+def test_plan_options_make_a_valid_config_and_serialise():
+    plan = make_plan(fingerprint(side=512, offset=[-0.5, 0.0]), steps_of({256: 0.1, 192: 0.1, 128: 0.1}))
+    config = TrainConfig(data="d", **plan.options())
+    config.validate()
+    assert config.mask_offset == [-0.5, 0.0]
+    loaded = json.loads(plan.to_json())
+    assert loaded["symmetry"] == "d4" and loaded["mask_offset"] == [-0.5, 0.0] and loaded["tta"] == "d4"
+    assert set(loaded["reasons"]) >= set(loaded["options"])
+    assert "| `crop` |" in plan.to_markdown()
+
+
+def test_step_time_is_measured_for_the_planned_model():
+    options = {
+        "model": "unet",
+        "encoder": "resnet18",
+        "batch_size": 1,
+        "crop": 32,
+        "model_options": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+    }
+    assert 0 < measure_step(options, in_channels=1, classes=2, image_size=(32, 32), steps=1) < 30
+
+
+@pytest.mark.skipif(not (DATA / "camvid").is_dir() or not (DATA / "isbi2012-em").is_dir(), reason="no shared data")
+def test_real_fingerprints_give_the_recipes_choices():
+    isbi = make_plan(compute_fingerprint(DATA / "isbi2012-em", "train", files="[01]?", progress=False))
+    camvid = make_plan(compute_fingerprint(DATA / "camvid", "train", progress=False))
+    assert (isbi.symmetry, camvid.symmetry) == ("d4", "hflip")
+    assert isbi.options()["mask_offset"] == [-0.5, 0.0] and "mask_offset" not in camvid.options()
+    assert (isbi.options()["scale"], camvid.options()["scale"]) == (1.0, 0.5)
+    assert isbi.options()["loss"] == "ce" and camvid.options()["loss"] == "ce+dice"
+    for plan in (isbi, camvid):
+        assert plan.options()["model_options"]["decoder_full_resolution_channels"] > 0
+
+
+def cli(*argv: str) -> int:
+    from pixelwise.cli import main
+
+    return main(list(argv))
+
+
+@pytest.fixture
+def cells(tmp_path):
+    from pixelwise.data import write_synthetic
+
+    return write_synthetic(tmp_path / "cells", "cells", n_train=4, n_val=2, size=64, seed=0)
+
+
+def test_plan_command_prints_json_with_every_option(cells, capsys):
+    assert cli("plan", "--data", str(cells), "--max-minutes", "2", "--json") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["symmetry"] in ("d4", "hflip", "none") and "mask_offset" in printed
+    assert {"model", "encoder", "crop", "batch_size", "lr", "loss", "augment"} <= set(printed["options"])
+    assert printed["options"]["crop"] is None  # 64² images: whole images
+
+
+def test_train_without_recipe_options_follows_the_plan_and_keeps_given_ones(cells, tmp_path):
+    runs = tmp_path / "runs"
+    common = ["--data", str(cells), "--runs-dir", str(runs), "--max-minutes", "0.3", "--no-progress"]
+    assert cli("train", *common, "--name", "planned") == 0
+    run = runs / "planned"
+    assert {"fingerprint.json", "plan.md", "plan.json", "config.yaml"} <= {p.name for p in run.iterdir()}
+    plan = json.loads((run / "plan.json").read_text())
+    saved = yaml_load(run / "config.yaml")
+    for key in ("encoder", "batch_size", "lr", "loss", "crop"):
+        assert saved[key] == plan["options"][key], key
+    assert cli("train", *common, "--name", "kept", "--plan", "on", "--batch-size", "2") == 0
+    assert yaml_load(runs / "kept" / "config.yaml")["batch_size"] == 2
+    assert "batch_size" not in json.loads((runs / "kept" / "plan.json").read_text())["options"]
+    assert cli("train", *common, "--name", "off", "--plan", "off", "--epochs", "1", "--crop", "32") == 0
+    assert not (runs / "off" / "plan.md").exists()
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
