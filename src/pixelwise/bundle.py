@@ -31,6 +31,7 @@ from pixelwise.io import atomic_path, read_json_object
 from pixelwise.models import SegmentationModel, from_pretrained
 from pixelwise.models.base import CONFIG_NAME
 from pixelwise.models.geometry import uses_valid_convolution
+from pixelwise.modes import TTA_MODES
 
 PREPROCESSING_NAME = "preprocessing.json"
 CLASSES_NAME = "classes.yaml"
@@ -44,6 +45,7 @@ PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "mask_values": None,
     "instance_options": None,
     "instance_tuning": None,
+    "tta": None,
 }
 """Values of the optional ``preprocessing.json`` keys when the file leaves them out (older runs)."""
 INSTANCE_OPTION_KEYS = ("method", "markers", "threshold", "marker_threshold", "h", "min_size")
@@ -75,6 +77,9 @@ class Preprocessing:
             arguments of :func:`~pixelwise.instances.to_instances` (:data:`INSTANCE_OPTION_KEYS`), which
             ``predict --instances`` and ``evaluate --instances`` use unless given explicit options; None: defaults.
         instance_tuning: how ``instance_options`` were chosen (objective, scores, data, split), for the record.
+        tta: the test-time augmentation stored with the model (``TrainConfig.tta``: one of
+            :data:`~pixelwise.modes.TTA_MODES`), which :class:`~pixelwise.inference.Predictor`, ``evaluate``
+            and ``predict`` use unless given another; None: none.
     """
 
     mean: list[float] = field(default_factory=lambda: [0.0])
@@ -90,6 +95,7 @@ class Preprocessing:
     # after extra: positional construction in the order of earlier releases keeps working
     instance_options: dict[str, Any] | None = PREPROCESSING_DEFAULTS["instance_options"]
     instance_tuning: dict[str, Any] | None = PREPROCESSING_DEFAULTS["instance_tuning"]
+    tta: str | None = PREPROCESSING_DEFAULTS["tta"]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
@@ -281,7 +287,8 @@ def read_preprocessing(
     Keys: ``mean`` and ``std`` (lists of floats, one per channel or one for all; mean 0 and std 1
     when left out), ``scale`` (float > 0), ``mask_offset`` (``(dy, dx)`` floats), ``target``
     (``semantic`` or ``boundary``), ``separation_gap`` (int >= 0), ``input_range`` and
-    ``ignore_index``, with the :data:`PREPROCESSING_DEFAULTS`. Unknown keys are kept. A folder without
+    ``ignore_index``, ``tta`` (a name of :data:`~pixelwise.modes.TTA_MODES` or null), with the
+    :data:`PREPROCESSING_DEFAULTS`. Unknown keys are kept. A folder without
     the file (a bare ``save_pretrained`` model) gets all the defaults: inputs in [0, 1] go in unchanged.
 
     Args:
@@ -350,7 +357,18 @@ def _checked_preprocessing(values: dict[str, Any], in_channels: int | None) -> d
     if tuning is not None and not isinstance(tuning, dict):
         raise ValueError(f"'instance_tuning' must be an object, got {tuning!r}")
     instances = {"instance_options": _instance_options(values.get("instance_options")), "instance_tuning": tuning}
-    return checked | fixed | {"mask_values": mask_values} | instances
+    return checked | fixed | {"mask_values": mask_values, "tta": _tta(values.get("tta"))} | instances
+
+
+def _tta(mode: Any) -> str | None:
+    """``tta`` checked: None or a name of :data:`~pixelwise.modes.TTA_MODES`.
+
+    Raises:
+        ValueError: naming the key, the valid names and the value.
+    """
+    if mode is not None and (not isinstance(mode, str) or mode not in TTA_MODES):
+        raise ValueError(f"'tta' must be null or one of {', '.join(map(repr, TTA_MODES))}, got {mode!r}")
+    return mode
 
 
 def _instance_options(options: Any) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from pixelwise.errors import ConfigError
 from pixelwise.inference.loaded import LoadedModel as LoadedModel  # re-exported: its old home
 from pixelwise.inference.loaded import load_model as load_model
 from pixelwise.inference.predictor import Predictor, RuntimeOptions, TilingOptions, labels_from_scores
-from pixelwise.inference.tta import check_tta_scales, tta_transforms
+from pixelwise.inference.tta import NO_TTA, check_tta_scales, tta_transforms
 from pixelwise.instances.outputs import model_instance_options
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path
@@ -64,6 +64,9 @@ class EvaluationResult:
     images: int
     instances: dict[str, Any] | None = None
     """Object-level means (:class:`~pixelwise.instances.InstanceScores`) when asked for, else None."""
+    tta: str = NO_TTA
+    """The test-time augmentation the predictions were made with (``none``, ``hflip``, ``flips`` or ``d4``):
+    the ``tta`` given, else the one stored with the model."""
     surface: dict[str, Any] | None = None
     """Surface distances when asked for (``surface_tolerance``), else None: per class ``hausdorff``, ``hd95``,
     ``assd`` (pixels) and ``nsd`` (:class:`~pixelwise.metrics.SurfaceDistances`; ``"inf"`` where a class is on
@@ -129,8 +132,9 @@ def evaluate(
     blended tiles with ``tiling`` (e.g. ``TilingOptions(tile_size=512)``), which bounds the memory of
     the forward pass for images too large to predict at once; ``runtime`` picks the device and
     backend. ``tta`` (``"hflip"``, ``"flips"`` or ``"d4"``) averages the probabilities of flipped and
-    rotated copies of every image; ``tta_scales`` (e.g. ``(0.75, 1, 1.25)``) also averages over resized
-    copies (each flip at each scale; see :class:`~pixelwise.inference.Predictor`).
+    rotated copies of every image (None: the mode stored with the model, ``TrainConfig.tta``; ``"none"``: no
+    TTA; ``result.tta`` and ``metrics.json`` record the one used); ``tta_scales`` (e.g. ``(0.75, 1, 1.25)``)
+    also averages over resized copies (each flip at each scale; see :class:`~pixelwise.inference.Predictor`).
 
     With ``instances``, each image's probabilities also become instances
     (:func:`pixelwise.instances.to_instances` with the options stored with the model by
@@ -189,6 +193,7 @@ def evaluate(
         confusion_matrix=total.matrix.tolist(),
         support=total.matrix.sum(1).tolist(),
         images=len(dataset),
+        tta=predictor.tta or NO_TTA,
         instances=None if scorer is None else scorer.compute() | {"options": postprocess},
         surface=None if surface is None else _surface_summary(surface, surface_tolerance),
     )
@@ -197,7 +202,7 @@ def evaluate(
     plot_confusion(total.matrix.numpy(), classes.names, out / "confusion.png")
     gallery = _write_gallery(dataset, per_image, classes, out, gallery_size)
     notes = [f"model: {model_path}", f"data: {data} (split {split}, {len(dataset)} images)"]
-    notes += [f"test-time augmentation: {tta}"] if tta else []
+    notes += [f"test-time augmentation: {predictor.tta}"] if predictor.tta else []
     notes += [f"test-time scales: {', '.join(f'{s:g}' for s in tta_scales)}"] if tta_scales else []
     notes += [f"tiles of {predictor.tile_size} px"] if predictor.tile_size else []
     notes += [f"surface distances in pixels, NSD tolerance {surface_tolerance:g} px"] if surface is not None else []

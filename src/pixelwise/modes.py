@@ -27,6 +27,12 @@ Mode = Literal["binary", "multiclass", "multilabel"]
 MODES: tuple[Mode, ...] = ("binary", "multiclass", "multilabel")
 IGNORE_INDEX = 255
 """Default target value of pixels that count for nothing (void, unlabelled, border)."""
+NO_TTA = "none"
+"""The test-time augmentation name that switches it off (overrides a mode stored with a model)."""
+TTA_MODES = (NO_TTA, "hflip", "flips", "d4")
+"""Test-time augmentation names (:mod:`pixelwise.inference.tta`): none, the left-right flip, the four flips,
+or the eight symmetries of the square. Here, at the lowest layer, because the training configuration, the
+model folder and inference all check against this one list."""
 
 
 def check_mode(mode: str) -> Mode:

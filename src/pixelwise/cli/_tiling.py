@@ -35,7 +35,11 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, tile: int) -> None:
         help=f"tiles per forward pass (default {DEFAULT_BATCH_SIZE}; more on a GPU)",
     )
     parser.add_argument(
-        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation, probabilities averaged (default none)"
+        "--tta",
+        choices=TTA_MODES,
+        default=None,
+        help="test-time augmentation, probabilities averaged: hflip, flips, d4, or none (default: the one stored "
+        "with the model, else none)",
     )
     parser.add_argument(
         "--tta-scales",

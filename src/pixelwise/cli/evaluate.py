@@ -10,6 +10,7 @@ from pixelwise.cli._data import add_data_arguments
 from pixelwise.cli._table import fmt, table
 from pixelwise.cli.tune_instances import add_postprocess_arguments, postprocess_overrides
 from pixelwise.evaluate import GALLERY_SIZE
+from pixelwise.inference.tta import NO_TTA
 from pixelwise.metrics.surface import DEFAULT_TOLERANCE
 
 
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     print(table(rows, ["class", "IoU", "F1", "precision", "recall"]))
     summary = f"mean IoU {result.mean_iou:.4f}  mean F1 {result.mean_f1:.4f}"
     print(f"\n{summary}  pixel accuracy {result.accuracy:.4f}")
+    if result.tta != NO_TTA:  # --tta, else the mode stored with the model
+        print(f"test-time augmentation: {result.tta}" + ("" if args.tta else " (stored with the model)"))
     if result.instances is not None:
         found = result.instances
         keys = ("dsb_score", "pq", "sq", "rq", "f1", "precision", "recall", "count_error")

@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         tta_scales=_tiling.tta_scales(args),
     )
+    if tiled.tta:  # --tta, else the mode stored with the model
+        print(f"test-time augmentation: {tiled.tta}" + ("" if args.tta else " (stored with the model)"))
     failures: list[tuple[Any, str]] = list(unreadable)
     items: Any = inputs
     if not args.no_progress:

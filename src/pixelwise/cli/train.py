@@ -81,6 +81,7 @@ def planned(config: TrainConfig, args: argparse.Namespace, overrides: dict[str, 
     """The config with the plan's options under the user's (command line and config file), and the run's
     ``fingerprint.json``, ``plan.md`` and ``plan.json``."""
     import json
+    import os
 
     import torch
 
@@ -90,6 +91,8 @@ def planned(config: TrainConfig, args: argparse.Namespace, overrides: dict[str, 
     given = {**(load_yaml(args.config) if args.config else {}), **overrides}
     fixed = {key: getattr(config, key) for key in given if hasattr(config, key)}
     gpu = config.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    # every process of a distributed run plans for itself: only a plan without timings is the same in all
+    distributed = config.devices not in (1, "1") or config.num_nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     fingerprint, plan = plan_for_data(
         config.data,
         split=config.train_split,
@@ -99,11 +102,14 @@ def planned(config: TrainConfig, args: argparse.Namespace, overrides: dict[str, 
         max_minutes=config.max_minutes,
         accelerator="gpu" if gpu else "cpu",
         fixed=fixed,
+        measure=not distributed,
         progress=config.progress,
     )
     print(plan.to_text())
     if plan.tta:
-        print(f"evaluate with --tta {plan.tta} (the flips the labels allow)")
+        print(
+            f"test-time augmentation {plan.tta} is stored with the model: evaluate and predict use it (--tta none: off)"
+        )
     artifacts = {
         "fingerprint.json": json.dumps(fingerprint.to_dict(), indent=2) + "\n",
         "plan.md": plan.to_markdown(),

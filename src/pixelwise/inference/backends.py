@@ -51,6 +51,8 @@ class ResolvedModel:
     """The module was loaded here (from a path), so it may be changed in place instead of copied."""
     mask_offset: tuple[float, float] = (0.0, 0.0)
     """``[dy, dx]``: images are shifted by this before the network (``TrainConfig.mask_offset``)."""
+    tta: str | None = None
+    """The test-time augmentation stored with the model (``TrainConfig.tta``), None: none stored."""
 
 
 def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
@@ -79,7 +81,7 @@ def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
         geometry = module if uses_valid_convolution(module) else None
         mean, std = model.mean.flatten(), model.std.flatten()
         return ResolvedModel(
-            module, None, mean, std, model.scale, model.classes, geometry, loaded_here, model.mask_offset
+            module, None, mean, std, model.scale, model.classes, geometry, loaded_here, model.mask_offset, model.tta
         )
     if not callable(model):
         raise ConfigError(

@@ -2,8 +2,9 @@
 
 :func:`load_model` reads a run directory, a saved model folder (through :class:`pixelwise.bundle.ModelBundle`)
 or a training checkpoint into a :class:`LoadedModel`: the network with the input normalisation, scale,
-offset and classes it was trained with. Evaluation, prediction, export and the ONNX check all load models
-here and predict through :class:`~pixelwise.inference.Predictor`.
+offset and classes it was trained with, and the test-time augmentation stored with it. Evaluation,
+prediction, export and the ONNX check all load models here and predict through
+:class:`~pixelwise.inference.Predictor`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class LoadedModel:
     mask_values: dict[int, int] | None = None
     """Stored mask values the training data read as other class ids (``{255: 1}`` for 0/255 binary masks;
     None: not recorded, found from the evaluation masks)."""
+    tta: str | None = None
+    """The test-time augmentation stored with the model (``TrainConfig.tta``; a name of
+    :data:`~pixelwise.modes.TTA_MODES`), used by :class:`~pixelwise.inference.Predictor` unless given another;
+    None: none."""
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -83,6 +88,7 @@ def load_model(path: str | Path) -> LoadedModel:
         separation_gap=preprocessing.separation_gap,
         mask_offset=preprocessing.mask_offset,
         mask_values=preprocessing.mask_values,
+        tta=preprocessing.tta,
     )
 
 

@@ -44,7 +44,7 @@ from pixelwise.inference.tiling import (
     scan_axis,
     valid_axis,
 )
-from pixelwise.inference.tta import check_tta_scales, multiscale_average, tta_transforms
+from pixelwise.inference.tta import NO_TTA, check_tta_scales, multiscale_average, tta_transforms
 
 BINARY_THRESHOLD = 0.5
 """Probability above which a one-class (sigmoid) model labels a pixel 1."""
@@ -217,8 +217,9 @@ class Predictor:
             default: whole images at once.
         runtime: backend, precision, device, compilation and layout (:class:`RuntimeOptions`).
         normalization: mean, std and input scale (:class:`NormalizationOptions`); default the loaded model's.
-        tta: None, ``"hflip"`` (2: left-right flip), ``"flips"`` (4 flips) or ``"d4"`` (8
-            rotations/flips); probabilities are averaged.
+        tta: ``"hflip"`` (2: left-right flip), ``"flips"`` (4 flips) or ``"d4"`` (8 rotations/flips):
+            probabilities are averaged; ``"none"``: no TTA; None (default): the mode stored with a
+            loaded model or run directory (``TrainConfig.tta``), else none. :attr:`tta` is the mode used.
         tta_scales: input scales for multi-scale TTA, e.g. ``(0.75, 1, 1.25)`` (or ``"0.75,1,1.25"``):
             each tile is resized by ``scale × s`` (``scale``: the model's own), predicted, and its logits
             resized back (bilinear; antialiased); the probabilities are averaged over the scales and the
@@ -260,13 +261,15 @@ class Predictor:
         runtime = groups["runtime"] or RuntimeOptions()
         normalization = groups["normalization"] or NormalizationOptions()
         if tta is not None:
-            tta_transforms(tta)
-        self.tiling, self.runtime, self.tta = tiling, runtime, tta
+            tta_transforms(tta)  # an unknown mode fails before the model is loaded
+        self.tiling, self.runtime = tiling, runtime
         self.tta_scales = check_tta_scales(tta_scales)
         self.tile_size, self.overlap, self.margin = tiling.tile_size, tiling.overlap, tiling.margin
         backend, precision = runtime.backend, runtime.precision
         self._temp = tempfile.TemporaryDirectory(prefix="pixelwise-onnx-") if backend == "onnxruntime" else None
         loaded = backends.resolve(model, backend, precision)
+        self.tta: str | None = _chosen_tta(tta, loaded.tta)
+        """The test-time augmentation used: ``tta`` if given, else the model's stored one (None: none)."""
         self.classes = loaded.classes
         self.scale = float(normalization.scale if loaded.scale is None else loaded.scale)
         self.mask_offset = loaded.mask_offset
@@ -434,6 +437,18 @@ class Predictor:
             if count:
                 raise ConfigError(nonfinite_message("the image", count))
         return source
+
+
+def _chosen_tta(tta: str | None, stored: str | None) -> str | None:
+    """The TTA mode to run: ``tta``, else ``stored``; ``"none"`` (either one) and None give None.
+
+    Raises:
+        ConfigError: a name outside :data:`~pixelwise.modes.TTA_MODES`.
+    """
+    chosen = stored if tta is None else tta
+    if chosen is not None:
+        tta_transforms(chosen)
+    return None if chosen == NO_TTA else chosen
 
 
 def _check_exact_tiling_scales(geometry: Any, scale: float, tta_scales: tuple[float, ...] | None) -> None:

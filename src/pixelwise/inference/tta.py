@@ -1,6 +1,7 @@
 """Test-time augmentation: predict flipped / rotated / resized copies of a tile and average the un-done outputs.
 
-Each transform is a rotation by ``k·90°`` after an optional left-right flip. ``"hflip"`` uses the
+Each transform is a rotation by ``k·90°`` after an optional left-right flip. ``"none"`` uses the identity
+alone (the same as no TTA; it overrides a mode stored with the model); ``"hflip"`` uses the
 identity and the left-right flip (for images whose up and down differ: street scenes, or labels
 drawn with a vertical offset); ``"flips"`` the four flips (identity, left-right, up-down, both);
 ``"d4"`` all eight symmetries of the square (the four rotations, each with and without a flip).
@@ -29,8 +30,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from pixelwise.errors import ConfigError, unknown_name
+from pixelwise.modes import NO_TTA as NO_TTA  # re-exported: the names live in modes, the lowest layer
+from pixelwise.modes import TTA_MODES as TTA_MODES
 
-TTA_MODES = ("hflip", "flips", "d4")
 MAX_TTA_SCALE = 4.0
 """Largest TTA scale: beyond it a tile costs more than 16 forward passes at scale 1 (same as ``TrainConfig.scale``)."""
 MAX_TTA_SCALES = 8
@@ -40,6 +42,7 @@ Transform = tuple[int, bool]
 """``(k, flip)``: flip left-right if ``flip``, then rotate by ``k·90°`` counter-clockwise."""
 
 _TRANSFORMS: dict[str, tuple[Transform, ...]] = {
+    NO_TTA: ((0, False),),
     "hflip": ((0, False), (0, True)),
     # rot180 ∘ hflip = vflip; rot180 alone = both flips.
     "flips": ((0, False), (0, True), (2, True), (2, False)),
@@ -48,13 +51,13 @@ _TRANSFORMS: dict[str, tuple[Transform, ...]] = {
 
 
 def tta_transforms(mode: str) -> tuple[Transform, ...]:
-    """The transforms of a TTA mode (``"hflip"``: 2, ``"flips"``: 4, ``"d4"``: 8).
+    """The transforms of a TTA mode (``"none"``: 1, the identity; ``"hflip"``: 2, ``"flips"``: 4, ``"d4"``: 8).
 
     Raises:
         ConfigError: unknown mode (names the valid ones).
     """
     if mode not in _TRANSFORMS:
-        raise unknown_name("tta mode", str(mode), TTA_MODES, "(or tta=None for no test-time augmentation)")
+        raise unknown_name("tta mode", str(mode), TTA_MODES, f"({NO_TTA!r}: no test-time augmentation)")
     return _TRANSFORMS[mode]
 
 
@@ -151,7 +154,7 @@ def multiscale_average(
             to ``x``'s size.
         x: the (normalised) tiles.
         scales: the TTA scales (checked by :func:`check_tta_scales`), or None for 1 alone.
-        mode: a TTA mode of :data:`TTA_MODES`, or None for no flips.
+        mode: a TTA mode of :data:`TTA_MODES`, or None (or ``"none"``) for no flips.
 
     Shape: ``x`` is ``[N, C, H, W]``; returns ``[N, K, H, W]`` float32. One scale and no mode return
     ``fn(x, scale)`` itself (no arithmetic), so ``scales=(1,)`` equals no multi-scale TTA bit for bit.
@@ -163,6 +166,6 @@ def multiscale_average(
         def at_scale(tiles: torch.Tensor, scale: float = scale) -> torch.Tensor:
             return fn(tiles, scale)
 
-        out = tta_average(at_scale, x, mode) if mode else at_scale(x)
+        out = tta_average(at_scale, x, mode) if mode and mode != NO_TTA else at_scale(x)
         total = out if total is None else total + out
     return total if len(scales) == 1 else total / len(scales)

@@ -22,7 +22,7 @@ from pixelwise.data.transforms import DEFAULT_CROP_SAMPLING_RATIO, CropSampling
 from pixelwise.errors import ConfigError, check_choice, unknown_name
 from pixelwise.io import atomic_path, read_text
 from pixelwise.models.registry import list_models, model_options
-from pixelwise.modes import IGNORE_INDEX, Mode
+from pixelwise.modes import IGNORE_INDEX, TTA_MODES, Mode
 from pixelwise.training.checks import coerce
 
 Optimizer = Literal["adamw", "sgd"]
@@ -231,6 +231,10 @@ class TrainConfig:
     the decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n steps); validation,
     ``best.ckpt``/``last.ckpt`` and the saved model then use the averaged weights (``None``: no
     averaging)."""
+    tta: str | None = None
+    """Test-time augmentation stored with the model: ``hflip``, ``flips`` or ``d4`` (the flips the labels allow);
+    ``evaluate``, ``predict`` and ``Predictor`` use it unless given ``--tta`` (``none`` switches it off);
+    ``None``: none."""
 
     accelerator: Accelerator = "auto"
     """``auto``, ``cpu``, ``gpu`` (``cuda``) or ``mps`` (Lightning accelerator)."""
@@ -287,6 +291,8 @@ class TrainConfig:
                 "images: give --crop (e.g. 256) or use --crop-sampling uniform."
             )
         self._validate_targets()
+        if self.tta is not None:
+            check_choice("tta", self.tta, TTA_MODES)
         if self.aux_loss_weight > 0:
             aux_option(self.model)  # an architecture without auxiliary outputs fails here, before any run folder
         self.logger = logger_names(self.logger) or None

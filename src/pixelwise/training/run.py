@@ -380,6 +380,7 @@ def export_model(
         # how the outputs become instances: the target's classes, and the gaps cut between touching objects
         target=config.target,
         separation_gap=config.target_options().effective_gap,
+        tta=config.tta,  # test-time augmentation evaluate, predict and Predictor use unless given another
     )
     if config.target == "boundary":
         classes = ClassInfo(list(BOUNDARY_CLASSES), list(range(len(BOUNDARY_CLASSES))), default_palette(3))
