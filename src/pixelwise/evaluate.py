@@ -21,16 +21,15 @@ import torch
 
 from pixelwise.bundle import read_preprocessing as read_preprocessing  # re-exported: its old home
 from pixelwise.data import ClassInfo, DataError, SegmentationFolder
-from pixelwise.errors import ConfigError
 from pixelwise.inference.loaded import LoadedModel as LoadedModel  # re-exported: its old home
 from pixelwise.inference.loaded import load_model as load_model
 from pixelwise.inference.predictor import Predictor, RuntimeOptions, TilingOptions, labels_from_scores
+from pixelwise.inference.scoring_data import scoring_dataset
 from pixelwise.inference.tta import NO_TTA, check_tta_scales, tta_transforms
 from pixelwise.instances.outputs import model_instance_options
 from pixelwise.instances.scoring import InstanceScorer
 from pixelwise.io import atomic_path
 from pixelwise.metrics import ConfusionMatrix, SurfaceDistances
-from pixelwise.modes import IGNORE_INDEX
 from pixelwise.report import printable, write_report
 from pixelwise.viz import panel, plot_confusion, save_png
 
@@ -163,10 +162,16 @@ def evaluate(
     tta_scales = check_tta_scales(tta_scales)
     loaded = load_model(model_path)
     ignore = loaded.classes.ignore_index if ignore_index is None else ignore_index
-    layout = {"format": format, "layout_options": layout_options}
-    if format is None and layout_options is None:  # the training data again: read it as training did
-        layout = _training_layout(loaded.run_dir, data)
-    dataset = _dataset(loaded, data, split, ignore_index, ignore, files, instances, layout)
+    dataset = scoring_dataset(
+        loaded,
+        data,
+        split,
+        files=files,
+        format=format,
+        layout_options=layout_options,
+        ignore_index=ignore_index,
+        instances=instances,
+    )
     boundary = loaded.target == "boundary"
     classes = _object_classes(dataset.classes, ignore) if boundary else loaded.classes
     predictor = Predictor(loaded, tiling=tiling, runtime=runtime, tta=tta, tta_scales=tta_scales)
@@ -235,43 +240,6 @@ def _write_report(
         notes=notes,
         instance_metrics=result.instances,
     )
-
-
-def _dataset(
-    loaded: LoadedModel,
-    data: str | Path,
-    split: str | None,
-    ignore_index: int | None,
-    ignore: int,
-    files: str | list[str] | None,
-    instances: bool,
-    layout: Mapping[str, Any],
-) -> SegmentationFolder:
-    """The evaluation images and masks, read with the model's classes, and with the layout's mask
-    values (Cityscapes' labelId → trainId, ...) where it has them, else the model's.
-
-    Raises:
-        ConfigError: the images have another number of channels than the model takes.
-    """
-    # a boundary model's 3 outputs are not the data's classes: read the masks with their own class list
-    dataset = SegmentationFolder(
-        data,
-        split=split,
-        num_classes=None if loaded.target == "boundary" else len(loaded.classes.names),
-        # an ignore value chosen by the user or the model; else 255, which binary 0/255 masks read as class 1
-        ignore_index=None if ignore_index is None and ignore == IGNORE_INDEX else ignore,
-        files=files,
-        instances=instances,
-        **layout,
-    )
-    if dataset.layout.mask_values is None:
-        dataset.mask_values = loaded.mask_values
-    if dataset.in_channels != loaded.model.in_channels:
-        raise ConfigError(
-            f"the images in {str(data)!r} have {dataset.in_channels} channels but the model expects "
-            f"{loaded.model.in_channels}; evaluate on data like the training data."
-        )
-    return dataset
 
 
 def _score_images(
@@ -354,15 +322,6 @@ def _write_gallery(dataset, per_image, classes, out: Path, size: int) -> list[di
 
 def _run_file(run_dir: Path | None, name: str) -> Path | None:
     return run_dir / name if run_dir is not None and (run_dir / name).is_file() else None
-
-
-def _training_layout(run_dir: Path | None, data: str | Path) -> dict[str, Any]:
-    """The layout and layout options the run was trained with, when ``data`` is its training data (else none)."""
-    config = _run_config(run_dir) or {}
-    same = bool(config.get("data")) and Path(config["data"]).expanduser().resolve() == Path(data).expanduser().resolve()
-    if not same:
-        return {"format": None, "layout_options": None}
-    return {"format": config.get("data_format"), "layout_options": config.get("data_options") or None}
 
 
 def _run_config(run_dir: Path | None) -> dict[str, Any] | None:

@@ -25,19 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from pixelwise._version import __version__
 from pixelwise.bundle import save_instance_options
-from pixelwise.data import SegmentationFolder
 from pixelwise.data.weights import instances_from_mask
 from pixelwise.errors import ConfigError, check_choice
 from pixelwise.inference.loaded import LoadedModel, load_model
 from pixelwise.inference.predictor import Predictor, RuntimeOptions, TilingOptions
+from pixelwise.inference.scoring_data import scoring_dataset
 from pixelwise.instances.metrics import InstanceScores
 from pixelwise.instances.outputs import default_options
 from pixelwise.instances.postprocess import clean_instances, to_instances
-from pixelwise.modes import IGNORE_INDEX
 
 OBJECTIVES = {"ap": "map", "pq": "pq", "f1": "f1"}
 """Objective name → key of :meth:`InstanceScores.compute <pixelwise.instances.InstanceScores.compute>`: ``ap``
@@ -248,25 +246,16 @@ def _predict_split(
     """The probabilities ``float32 [K, H, W]`` and true instance labels ``int32 [H, W]`` of every image of the
     split (true objects: the data's instance labels, else the connected components of each mask class)."""
     ignore = loaded.classes.ignore_index
-    layout = {"format": format, "layout_options": layout_options}
-    if format is None and layout_options is None:
-        layout = _training_layout(loaded.run_dir, data)
-    dataset = SegmentationFolder(
+    dataset = scoring_dataset(
+        loaded,
         data,
-        split=split,
-        num_classes=None if loaded.target == "boundary" else len(loaded.classes.names),
-        ignore_index=None if ignore == IGNORE_INDEX else ignore,
+        split,
         files=files,
+        format=format,
+        layout_options=layout_options,
         instances=True,
-        **layout,
+        purpose="tune",
     )
-    if dataset.layout.mask_values is None:
-        dataset.mask_values = loaded.mask_values
-    if dataset.in_channels != loaded.model.in_channels:
-        raise ConfigError(
-            f"the images in {str(data)!r} have {dataset.in_channels} channels but the model expects "
-            f"{loaded.model.in_channels}; tune on data like the training data."
-        )
     items: Iterable[int] = range(len(dataset))
     if progress:
         from tqdm import tqdm
@@ -280,17 +269,6 @@ def _predict_split(
         true = instances_from_mask(sample["mask"].numpy(), ignore) if true is None else true
         trues.append(np.asarray(true))
     return probs, trues
-
-
-def _training_layout(run_dir: Path | None, data: str | Path) -> dict[str, Any]:
-    """The run's ``data_format`` and ``data_options`` when ``data`` is its training data (as ``evaluate`` does)."""
-    config_path = None if run_dir is None else run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path is not None and config_path.is_file() else {}
-    config = config if isinstance(config, dict) else {}
-    same = bool(config.get("data")) and Path(config["data"]).expanduser().resolve() == Path(data).expanduser().resolve()
-    if not same:
-        return {"format": None, "layout_options": None}
-    return {"format": config.get("data_format"), "layout_options": config.get("data_options") or None}
 
 
 def _model_dir(loaded: LoadedModel, model: str | Path) -> Path:
