@@ -10,6 +10,11 @@ checked before the model is loaded: ``--out`` must not hold any input. An input 
 (missing, a broken link, not a regular file, a glob or folder without images, a corrupt image, a
 decompression bomb, NaN pixels) or predicted is reported at the end with its reason (exit status 1)
 and does not stop the others.
+
+The inputs go through :func:`pixelwise.inference.pipeline.predict_folder`: ``--workers`` processes decode
+them, whole images of equal size share a forward pass (``--batch-size`` of them: the same bound on a
+forward pass as for tiles, since such an image is no larger than a tile), and a background thread writes
+the outputs. ``--skip-existing`` leaves out the inputs whose outputs are all present.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from typing import Any
 
 from pixelwise.cli import _tiling
 from pixelwise.cli.tune_instances import add_postprocess_arguments, postprocess_overrides
-from pixelwise.errors import ConfigError, PixelwiseError, check_choice
+from pixelwise.errors import ConfigError, check_choice
 from pixelwise.inference.backends import BACKENDS
-from pixelwise.inference.files import DEFAULT_TILE_SIZE, LABEL_FORMATS, collect_inputs, predict_file, prepare_out
-from pixelwise.inference.predictor import DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS
+from pixelwise.inference.files import DEFAULT_TILE_SIZE, LABEL_FORMATS, collect_inputs, prepare_out
+from pixelwise.inference.pipeline import DEFAULT_WORKERS, predict_folder
+from pixelwise.inference.predictor import DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS, check_int
 
 
 def add_parser(commands: Any) -> None:
@@ -57,6 +63,19 @@ def add_parser(commands: Any) -> None:
     predict.add_argument("--backend", default=backend, help=f"torch or onnxruntime (default {backend})")
     predict.add_argument("--precision", default=precision, help="fp32, bf16 or int8 (int8: onnxruntime)")
     _tiling.add_device_argument(predict)
+    predict.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"processes decoding the inputs while the model runs (default {DEFAULT_WORKERS}: half the cores; "
+        "0: decode in the main process)",
+    )
+    predict.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out inputs whose outputs are all present (resumes an interrupted run: outputs are written "
+        "atomically, so a present file is complete)",
+    )
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")
     predict.set_defaults(func=run)
 
@@ -68,6 +87,7 @@ def check_predict_options(args: argparse.Namespace) -> None:
         ConfigError: names the option, the value and the valid range or choices.
     """
     _tiling.check_tiling_arguments(args)
+    check_int("--workers", args.workers, 0, " (0: decode in the main process)")
     check_choice("--backend", args.backend, BACKENDS)
     check_choice("--precision", args.precision, PRECISIONS)
     postprocess_overrides(args)
@@ -78,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
     (unreadable inputs included)."""
     import functools
 
-    from pixelwise.data.readers import IMAGE_READ_ERRORS
     from pixelwise.inference import Predictor
     from pixelwise.instances import write_prediction_instances
     from pixelwise.io import remove_stale_temporaries
@@ -104,29 +123,27 @@ def run(args: argparse.Namespace) -> int:
     )
     if tiled.tta:  # --tta, else the mode stored with the model
         print(f"test-time augmentation: {tiled.tta}" + ("" if args.tta else " (stored with the model)"))
-    failures: list[tuple[Any, str]] = list(unreadable)
-    items: Any = inputs
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        items = tqdm(inputs, desc="predict", unit="image")
     postprocess = postprocess_overrides(args)
     method = postprocess.pop("method")
     instances = None
     if args.instances:
         instances = functools.partial(write_prediction_instances, model=model, method=method, options=postprocess)
-    written = 0
-    for path in items:
-        try:
-            written += len(
-                predict_file(
-                    tiled, path, out, args.save_probs, args.overlay, not args.no_progress, instances, args.label_format
-                )
-            )
-        except (PixelwiseError, *IMAGE_READ_ERRORS) as error:
-            failures.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
+    report = predict_folder(
+        tiled,
+        inputs,
+        out,
+        save_probs=args.save_probs,
+        overlay=args.overlay,
+        instances=instances,
+        label_format=args.label_format,
+        workers=args.workers,
+        skip_existing=args.skip_existing,
+        progress=not args.no_progress,
+    )
+    failures = [*unreadable, *report.failures]
     total = len(inputs) + len(unreadable)
-    print(f"predicted {total - len(failures)} of {total} images into {out} ({written} files)")
+    skipped = f"; skipped {report.skipped} with all outputs present" if args.skip_existing else ""
+    print(f"predicted {report.predicted} of {total} images into {out} ({report.written} files){skipped}")
     return report_failures(failures)
 
 

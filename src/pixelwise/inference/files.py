@@ -20,6 +20,7 @@ position. Pixels equal to the input's nodata value are labelled 255 (the ignore 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import glob
 import os
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, PixelwiseError
 
 LARGE_IMAGE_PIXELS = 64 * 2**20
 """Images with more pixels than this (64 Mpx) are written as tiled TIFFs; TIFF inputs are streamed."""
@@ -43,6 +44,8 @@ PNG_LOSES_GEOREFERENCE = (
     "PNG label maps of GeoTIFF inputs have no map position (PNG holds no georeferencing); "
     "use label_format 'auto' or 'tif' to write GeoTIFF labels."
 )
+INSTANCE_FILES = (("_instances.png", "_instances.tif"), ("_objects.json",))
+"""What ``--instances`` writes per input, as name endings after the stem: one of each tuple."""
 COLORMAP_SCALE = 257
 """8-bit colour → the 16-bit value of a TIFF colour map (255 → 65535)."""
 
@@ -326,6 +329,44 @@ def _background_at(probabilities: Any, nodata: Any) -> Any:
     return probs
 
 
+@dataclasses.dataclass
+class DecodedInput:
+    """One input file, checked and read for prediction (by :func:`read_input_file`).
+
+    Args:
+        path: the input file.
+        geo: its :class:`~pixelwise.data.geotiff.GeoReference`, or None.
+        image: the pixels ``[C, H, W]`` as stored, finite; None for a large image (streamed when predicted).
+        nodata: its nodata pixels ``bool [H, W]``, or None.
+    """
+
+    path: Path
+    geo: Any
+    image: Any
+    nodata: Any = None
+
+
+def read_input_file(path: Path, out: Path) -> DecodedInput:
+    """Check ``path`` and read it for prediction into ``out``; images above ``LARGE_IMAGE_PIXELS`` are left unread.
+
+    Safe to call in a worker process: it touches no model.
+
+    Raises:
+        DataError: ``path`` is not a regular file, not a readable image, holds NaN / infinite pixels, or has
+            malformed geo tags.
+        ConfigError: ``out`` is the folder of ``path`` (its outputs could replace it).
+    """
+    from pixelwise.data.geotiff import read_georeference
+
+    _check_input_file(path, out)
+    height, width = _image_size(path)
+    geo = read_georeference(path)
+    if height * width > LARGE_IMAGE_PIXELS:
+        return DecodedInput(path, geo, None)
+    image, nodata = _read_input(path)  # [C, H, W]
+    return DecodedInput(path, geo, image, nodata)
+
+
 def predict_file(
     predictor: Any,
     path: Path,
@@ -345,43 +386,63 @@ def predict_file(
             malformed geo tags.
         ConfigError: ``out`` is the folder of ``path`` (its outputs could replace it); unknown ``label_format``.
     """
-    from pixelwise.data.geotiff import read_georeference
     from pixelwise.errors import check_choice
+    from pixelwise.inference.tiling import ArraySource
 
     check_choice("label_format", label_format, LABEL_FORMATS)
-    _check_input_file(path, out)
-    height, width = _image_size(path)
-    geo = read_georeference(path)
-    probs_path = out / f"{path.stem}_probs{'.tif' if geo else '.npy'}" if save_probs else None
-    if height * width > LARGE_IMAGE_PIXELS:
-        return _predict_large(predictor, path, out / f"{path.stem}.tif", probs_path, progress)
-    image, nodata = _read_input(path)  # [C, H, W]
-    return _predict_image(predictor, image, nodata, geo, out / path.stem, probs_path, overlay, instances, label_format)
+    decoded = read_input_file(path, out)
+    if decoded.image is None:
+        return predict_large_file(predictor, decoded, out, save_probs, progress)
+    probabilities = predictor.predict(ArraySource(decoded.image))  # checked when read: no second NaN pass
+    return write_prediction(
+        predictor.classes, probabilities, decoded, out, save_probs, overlay, instances, label_format
+    )
 
 
-def _predict_image(
-    predictor: Any,
-    image: Any,
-    nodata: Any,
-    geo: Any,
-    stem: Path,
-    probs_path: Path | None,
-    overlay: bool,
-    instances: InstanceWriter | None,
-    label_format: str,
+def probs_path_for(decoded: DecodedInput, out: Path, save_probs: bool) -> Path | None:
+    """Where ``--save-probs`` writes the probabilities of ``decoded`` (None: not asked for)."""
+    if not save_probs:
+        return None
+    return out / f"{decoded.path.stem}_probs{'.tif' if decoded.geo else '.npy'}"
+
+
+def predict_large_file(
+    predictor: Any, decoded: DecodedInput, out: Path, save_probs: bool, progress: bool
 ) -> list[Path]:
-    """:func:`predict_file` for an image read whole: ``[C, H, W]`` as stored, finite."""
+    """Predict a large image (``decoded.image`` None) band by band into ``out/<stem>.tif``; the files written."""
+    target = out / f"{decoded.path.stem}.tif"
+    return _predict_large(predictor, decoded.path, target, probs_path_for(decoded, out, save_probs), progress)
+
+
+def write_prediction(
+    classes: Any,
+    probabilities: Any,
+    decoded: DecodedInput,
+    out: Path,
+    save_probs: bool = False,
+    overlay: bool = False,
+    instances: InstanceWriter | None = None,
+    label_format: str = "auto",
+) -> list[Path]:
+    """Write the outputs of an image read whole (labels, probabilities, overlay, objects); the files written.
+
+    Args:
+        classes: the predictor's :class:`~pixelwise.data.ClassInfo`, or None (default names and colours).
+        probabilities: ``float32 [K, H, W]`` of ``decoded.image``.
+        decoded: the input as :func:`read_input_file` gave it (``image`` not None).
+        out, save_probs, overlay, instances, label_format: as :func:`predict_file` takes them.
+    """
     from pixelwise.data import ClassInfo
     from pixelwise.data.readers import scale_image
     from pixelwise.inference import labels_from_scores
     from pixelwise.inference.stream import label_nodata
-    from pixelwise.inference.tiling import ArraySource
     from pixelwise.viz import overlay as draw_overlay
     from pixelwise.viz import save_png
 
-    probabilities = predictor.predict(ArraySource(image))  # checked above: no second NaN pass
+    image, nodata, geo, stem = decoded.image, decoded.nodata, decoded.geo, out / decoded.path.stem
+    probs_path = probs_path_for(decoded, out, save_probs)
     labels = labels_from_scores(probabilities)
-    classes = predictor.classes or ClassInfo.default(max(probabilities.shape[0], 2))
+    classes = classes or ClassInfo.default(max(probabilities.shape[0], 2))
     label = None if nodata is None else label_nodata(probabilities.shape[0], labels.dtype)
     if label is not None:
         labels[nodata] = label
@@ -406,6 +467,32 @@ def _predict_image(
         )
         written += [p for p in found if p not in written]
     return written
+
+
+def outputs_present(
+    path: Path, out: Path, save_probs: bool, overlay: bool, instances: bool, label_format: str = "auto"
+) -> bool:
+    """Whether every output ``path`` would get in ``out`` exists (files are written atomically: present means
+    complete), judged from the names alone; the header is read only to tell whether a large image (which gets
+    no overlay) needs one. Where the label or probabilities suffix depends on the image (PNG or TIFF, ``.npy``
+    or ``.tif``), either one counts.
+    """
+    stem = out / path.stem
+    labels = {"png": (".png",), "tif": (".tif",)}.get(label_format, (".png", ".tif"))
+    if not any(stem.with_suffix(suffix).is_file() for suffix in labels):
+        return False
+    needed = [(f"{path.stem}_probs.npy", f"{path.stem}_probs.tif")] if save_probs else []
+    if instances:
+        needed += [tuple(path.stem + ending for ending in endings) for endings in INSTANCE_FILES]
+    if any(not any((out / name).is_file() for name in names) for names in needed):
+        return False
+    if not overlay or (out / f"{path.stem}_overlay.png").is_file():
+        return True
+    try:  # a large image gets no overlay: complete without one
+        height, width = _image_size(path)
+    except PixelwiseError:
+        return False
+    return height * width > LARGE_IMAGE_PIXELS
 
 
 def _predict_large(predictor: Any, path: Path, target: Path, probs_path: Path | None, progress: bool) -> list[Path]:

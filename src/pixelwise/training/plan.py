@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -84,6 +85,10 @@ CROP_CANDIDATES = (256, 192, 128)
 """Training crop sides tried, largest (most context) first."""
 TARGET_STEPS = 2500
 """Optimiser steps a budget should buy: the largest candidate crop that reaches it is chosen."""
+STEPS_FOR_AUGMENTATION = 1000
+"""Fewer planned steps get only the symmetry group's flips: at 40 × batch-4 steps on ISBI no augmentation beat
+light and strong augmentation (docs/RESULTS.md, the ``augmentation`` experiment); the recipes that gain from
+elastic, intensity and scale changes train for thousands of steps."""
 STEPS_FOR_EMA = 1000
 """Weight EMA (decay ``EMA_DECAY``, horizon about 500 steps) only when the budget buys this many steps."""
 EMA_DECAY = 0.998
@@ -145,6 +150,7 @@ class PlanContext:
         step_seconds: measures one optimiser step of ``options`` (a dict of TrainConfig fields with ``crop``
             and ``batch_size``), in seconds; see :func:`pixelwise.training.steptime.measure_step`.
         cached_weights: the encoder has ImageNet weights available offline.
+        spent_seconds: budget seconds already used by the fingerprint and the measurement.
     """
 
     budget_minutes: float | None = None
@@ -152,6 +158,8 @@ class PlanContext:
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     step_seconds: Callable[[dict[str, Any]], float] | None = None
     cached_weights: Callable[[str], bool] = lambda encoder: False
+    spent_seconds: float = 0.0
+    """Seconds of the budget already spent (fingerprint, step measurement) when the plan is made."""
 
 
 @dataclasses.dataclass
@@ -226,9 +234,19 @@ def symmetry_rule(fp: Fingerprint, context: PlanContext) -> list[Choice]:
     return [Choice("symmetry", group, reason)]
 
 
-def intensity_rule(fp: Fingerprint, context: PlanContext, group: str) -> list[Choice]:
-    """Augmentation: the flips of the symmetry group, scale jitter, and intensity changes by modality."""
+def intensity_rule(fp: Fingerprint, context: PlanContext, group: str, steps: int) -> list[Choice]:
+    """Augmentation: the flips of the symmetry group, and with enough steps scale jitter and intensity changes
+    by modality (a short budget learns faster from the images as they are)."""
     flips = SYMMETRY_FLIPS[group]
+    if steps < STEPS_FOR_AUGMENTATION:
+        return [
+            Choice(
+                "augment",
+                flips,
+                f"about {steps} steps (< {STEPS_FOR_AUGMENTATION}): only the flips of group {group}, which change "
+                "no pixel value; stronger augmentation slows a short training down",
+            )
+        ]
     if fp.channels == 3:
         affine = {"name": "RandomAffine", "degrees": 0, "scale": [0.8, 1.25]}
         augment = [*flips, affine, *COLOUR_INTENSITY]
@@ -354,8 +372,14 @@ def model_rule(fp: Fingerprint, context: PlanContext) -> list[Choice]:
     return choices
 
 
-def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) -> list[Choice]:
-    """Crop (or whole images), epoch length, learning rate and EMA from the measured step time and the budget."""
+def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) -> tuple[list[Choice], int]:
+    """Crop (or whole images), epoch length, learning rate and EMA from the measured step time and the budget;
+    also returns the steps the budget is expected to buy.
+
+    One step of the smallest candidate is measured (the cheapest, and every candidate's time follows from it:
+    a convolutional network's step time grows with the pixels per step); the largest candidate whose
+    estimated steps reach ``TARGET_STEPS`` is chosen, else the smallest.
+    """
     scale = float(options.get("scale", 1.0))
     batch = int(options["batch_size"])
     height, width = fp.sizes["height"]["median"] * scale, fp.sizes["width"]["median"] * scale
@@ -364,24 +388,33 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
     if same_size and height * width <= CROP_CANDIDATES[0] ** 2:
         candidates = [None, *candidates]  # whole images when they are no larger than the largest crop
     candidates = candidates or [None]
-    budget = None if context.budget_minutes is None else context.budget_minutes * 60 * TRAIN_SHARE
-    chosen, seconds, measured = candidates[-1], None, []
-    for crop in candidates:
-        step = context.step_seconds({**options, "crop": crop}) if context.step_seconds else None
-        measured.append((crop, step))
-        if budget is None or step is None or budget / step >= TARGET_STEPS:
-            chosen, seconds = crop, step
-            break
-        chosen, seconds = crop, step
-    steps = TARGET_STEPS if budget is None or seconds is None else int(budget / seconds)
-    timing = ", ".join(f"{c or 'whole'}: {s:.2f} s" for c, s in measured if s is not None)
+
+    def pixels(crop: int | None) -> float:
+        return float(crop * crop if crop else height * width)
+
+    reference = candidates[-1]
+    measured = context.step_seconds({**options, "crop": reference}) if context.step_seconds else None
+    budget = None  # after the measurement: its seconds are spent too
+    if context.budget_minutes is not None:
+        budget = max(context.budget_minutes * 60 - context.spent_seconds, 0.0) * TRAIN_SHARE
+    estimate = {c: measured * pixels(c) / pixels(reference) for c in candidates} if measured else {}
+    chosen = candidates[0] if budget is None or not estimate else reference
+    if budget is not None and estimate:
+        chosen = next((c for c in candidates if budget / estimate[c] >= TARGET_STEPS), reference)
+    steps = TARGET_STEPS if budget is None or not estimate else int(budget / estimate[chosen])
     what = "whole images" if chosen is None else f"{chosen}² crops"
-    crop_reason = (
-        f"measured step times ({timing}) and a {context.budget_minutes} min budget: {what} buy about "
-        f"{steps} steps (target {TARGET_STEPS})"
-        if timing
-        else f"{what}: no step time measured"
-    )
+    if estimate:
+        others = ", ".join(f"{c or 'whole'}: {estimate[c]:.2f} s" for c in candidates if c != reference)
+        crop_reason = (
+            f"measured {measured:.2f} s per step at {reference or 'whole images'}"
+            + (f" (by pixels: {others})" if others else "")
+            + f"; {budget:.0f} s of training in the {context.budget_minutes:g} min budget: {what} buy about "
+            f"{steps} steps (target {TARGET_STEPS})"
+            if budget is not None
+            else f"no budget: {what}, {TARGET_STEPS} steps"
+        )
+    else:
+        crop_reason = f"{what}: no step time measured"
     epoch_samples = max(batch, steps // EPOCHS_PER_BUDGET * batch)
     lr = float(f"{BASE_LR * math.sqrt(batch):.3g}")  # three significant digits, as a person writes it
     choices = [
@@ -411,7 +444,7 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
         choices.append(Choice("epochs", 10_000, "the time budget ends training; the schedule follows the clock"))
     else:
         choices.append(Choice("epochs", EPOCHS_PER_BUDGET, f"no budget: {EPOCHS_PER_BUDGET} epochs"))
-    return choices
+    return choices, steps
 
 
 # -- the plan --------------------------------------------------------------------------------------------------
@@ -426,10 +459,10 @@ def make_plan(fp: Fingerprint, context: PlanContext | None = None) -> Plan:
     choices: list[Choice] = []
     for rule in (symmetry_rule, offset_rule, resolution_rule, loss_rule, model_rule):
         choices += rule(fp, context)
-    choices += intensity_rule(fp, context, group)
     choices = _merge_model_options(choices)
     chosen = {c.option: c.value for c in choices}
-    choices += size_rule(fp, context, {**chosen, **context.fixed})
+    sizes, steps = size_rule(fp, context, {**chosen, **context.fixed})
+    choices += intensity_rule(fp, context, group, steps) + sizes
     choices += [Choice("tta", SYMMETRY_TTA[group], f"test-time augmentation of the symmetry group {group}")]
     kept = [c for c in choices if c.option not in context.fixed]
     return Plan(kept, group, fp.mask_offset)
@@ -472,6 +505,7 @@ def plan_for_data(
     Returns:
         ``(fingerprint, plan)``.
     """
+    start = time.perf_counter()
     fp = compute_fingerprint(
         data, split, files=files, format=data_format, layout_options=data_options, progress=progress
     )
@@ -481,7 +515,10 @@ def plan_for_data(
     def step_seconds(options: dict[str, Any]) -> float:
         scale = float(options.get("scale", 1.0))
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        return measure_step(options, fp.channels, fp.num_classes, size, "cuda" if gpu else "cpu")
+        began = time.perf_counter()
+        seconds = measure_step(options, fp.channels, fp.num_classes, size, "cuda" if gpu else "cpu")
+        context.spent_seconds += time.perf_counter() - began  # the measurement's own cost leaves the budget
+        return seconds
 
     context = PlanContext(
         budget_minutes=max_minutes,
@@ -489,6 +526,7 @@ def plan_for_data(
         fixed=dict(fixed or {}),
         step_seconds=step_seconds if measure else None,
         cached_weights=imagenet_weights_cached,
+        spent_seconds=time.perf_counter() - start,
     )
     return fp, make_plan(fp, context)
 

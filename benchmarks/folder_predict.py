@@ -1,0 +1,157 @@
+"""Folder prediction, whole processes: ``pixelwise predict`` against a plain segmentation_models_pytorch loop.
+
+A folder of generated RGB PNGs (smooth random blobs with a little noise, so PNG sizes are photo-like) is
+predicted by U-Net-r34 with random weights (SMP's, converted with :func:`pixelwise.from_smp`, so both sides
+run the same network), each contestant a fresh process timed from start to exit:
+
+- ``plain SMP loop``: for each file, sorted: PIL read → [0, 1] → ImageNet normalisation → model → argmax →
+  PNG write (``torch.inference_mode``, eager fp32), one image at a time in one process;
+- ``pixelwise predict``: the command with its defaults (decoding workers, equal-size images batched, outputs
+  written by a background thread);
+- ``pixelwise predict, one at a time``: ``--workers 0 --batch-size 1`` (read, predict, write in turn).
+
+Repeats run round-robin (each repeat times every contestant once); the table gives the median ms per image,
+images/s and the speed relative to the plain loop. The last line says whether the pipelined and the
+one-at-a-time outputs are the same bytes.
+
+Usage::
+
+    python benchmarks/folder_predict.py                         # 2,000 × 256² and 200 × 512², 3 repeats
+    python benchmarks/folder_predict.py --count 40 --size 256   # a small run
+
+Targets (issue 24) on the 2-core CPU: ≥ 2× the plain loop's images/s at 256², ≥ 1.5× at 512²; ≥ 3× on a GPU.
+segmentation_models_pytorch is a test extra (``pip install -e ".[test]"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_CASES = ((256, 2000), (512, 200))
+"""(side, image count) of the issue's two folders."""
+DEFAULT_REPEATS = 3
+CLASSES = 2
+BLOB_CELL = 16
+"""Side in pixels of one random colour cell before smoothing: larger cells give smoother, smaller PNGs."""
+NOISE_LEVEL = 8
+"""Amplitude of the per-pixel noise added to the blobs (in grey levels)."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def make_images(folder: Path, count: int, size: int, seed: int = 0) -> None:
+    """``count`` RGB PNGs of ``size × size``: bilinear-smoothed random cells plus noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = max(size // BLOB_CELL, 1)
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((size, size), Image.BILINEAR), dtype=np.int16)
+        noisy = smooth + rng.integers(-NOISE_LEVEL, NOISE_LEVEL + 1, smooth.shape, dtype=np.int16)
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"image{i:05d}.png")
+
+
+def make_models(folder: Path) -> tuple[Path, Path]:
+    """SMP's Unet-resnet34 (random weights) as a whole pickled module, and the same network as pixelwise's
+    ``save_pretrained`` folder (ImageNet normalisation, as the plain loop applies)."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    import pixelwise
+
+    reference = smp.Unet("resnet34", encoder_weights=None, classes=CLASSES).eval()
+    smp_path = folder / "smp_unet_r34.pt"
+    torch.save(reference, smp_path)
+    saved = Path(pixelwise.from_smp(reference).eval().save_pretrained(folder / "pixelwise_unet_r34"))
+    normalisation = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    (saved / "preprocessing.json").write_text(json.dumps(normalisation))
+    return smp_path, saved
+
+
+def plain_loop(model_path: str, images: str, out: str) -> None:
+    """The plain SMP loop (run in its own process by :func:`main`)."""
+    import torch
+
+    model = torch.load(model_path, weights_only=False).eval()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        for path in sorted(Path(images).glob("*.png")):
+            array = np.array(Image.open(path).convert("RGB"))
+            x = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
+            labels = model((x - mean) / std).argmax(1)[0].to(torch.uint8).numpy()
+            Image.fromarray(labels).save(Path(out) / f"{path.stem}.png")
+
+
+def timed(command: list[str]) -> float:
+    """Seconds from the start of ``command`` to its exit; raises if it fails."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def run_case(size: int, count: int, repeats: int, work: Path) -> list[str]:
+    """Table rows for one folder: each contestant's median whole-process ms per image."""
+    images = work / f"images_{size}"
+    make_images(images, count, size)
+    smp_path, saved = make_models(work)
+    predict = [sys.executable, "-m", "pixelwise.cli", "predict", str(images), "--model", str(saved), "--no-progress"]
+    contestants = {
+        "plain SMP loop": lambda out: [sys.executable, __file__, "--plain-loop", str(smp_path), str(images), out],
+        "pixelwise predict": lambda out: [*predict, "--out", out],
+        "pixelwise predict, one at a time": lambda out: [*predict, "--out", out, "--workers", "0", "--batch-size", "1"],
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in contestants}
+    for repeat in range(repeats):
+        for index, (name, command) in enumerate(contestants.items()):
+            seconds[name].append(timed(command(str(work / f"out_{size}_{index}_{repeat}"))))
+    baseline = statistics.median(seconds["plain SMP loop"])
+    rows = []
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        rows.append(
+            f"| {size}² × {count} | {name} | {1000 * median / count:.1f} | {count / median:.2f} | "
+            f"{baseline / median:.2f}× |"
+        )
+    same = filecmp.dircmp(work / f"out_{size}_1_0", work / f"out_{size}_2_0")
+    rows.append(f"pipelined vs one-at-a-time outputs at {size}²: {len(same.diff_files)} of {count} label files differ")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=None, help="images in the folder (with --size)")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (with --count)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed runs of each contestant")
+    parser.add_argument("--plain-loop", nargs=3, metavar=("MODEL", "IMAGES", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_loop:
+        plain_loop(*args.plain_loop)
+        return
+    if (args.count is None) != (args.size is None):
+        parser.error("give --count and --size together (or neither, for the issue's two folders)")
+    cases = DEFAULT_CASES if args.size is None else ((args.size, args.count),)
+    lines = ["| folder | contestant | ms / image | images/s | vs plain loop |", "|---|---|---|---|---|"]
+    notes = []
+    with tempfile.TemporaryDirectory(prefix="pixelwise-folder-") as tmp:
+        for size, count in cases:
+            rows = run_case(size, count, args.repeats, Path(tmp))
+            lines += rows[:-1]
+            notes.append(rows[-1])
+    print("\n".join([*lines, "", *notes]))
+
+
+if __name__ == "__main__":
+    main()
