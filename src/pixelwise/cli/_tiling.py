@@ -32,7 +32,8 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, tile: int) -> None:
         "--batch-size",
         type=int,
         default=DEFAULT_BATCH_SIZE,
-        help=f"tiles per forward pass (default {DEFAULT_BATCH_SIZE}; more on a GPU)",
+        help=f"tiles (in predict, also whole images of equal size) per forward pass (default {DEFAULT_BATCH_SIZE}; "
+        "more on a GPU)",
     )
     parser.add_argument(
         "--tta",

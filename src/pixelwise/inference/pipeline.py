@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pixelwise.data.readers import IMAGE_READ_ERRORS
@@ -43,8 +42,7 @@ from pixelwise.inference.files import (
     write_prediction,
 )
 from pixelwise.inference.predictor import check_int
-from pixelwise.inference.stitch import iter_bands
-from pixelwise.inference.tiling import ArraySource, read_window
+from pixelwise.inference.tiling import ArraySource
 
 MAX_DEFAULT_WORKERS = 8
 """More decoding processes than this rarely pay: the network, not PNG decoding, is then the bottleneck."""
@@ -294,7 +292,7 @@ def _predict_chunk(
         if item.reason is None and item.decoded.image is not None:
             try:
                 source = predictor.as_source(ArraySource(item.decoded.image))
-                groups.setdefault(_batch_key(predictor, source), []).append((item, source))
+                groups.setdefault(predictor.batch_key(source) or id(source), []).append((item, source))
             except FAILURE_ERRORS as error:
                 item.reason = failure_reason(error)
         if item.reason is not None:
@@ -303,47 +301,8 @@ def _predict_chunk(
     for key, members in groups.items():
         for first in range(0, len(members), predictor.tiling.batch_size):
             batch = members[first : first + predictor.tiling.batch_size]
-            scores = _predict_batch(predictor, [source for _, source in batch], key)
+            sources = [source for _, source in batch]
+            scores = predictor.predict_batch(sources) if isinstance(key, tuple) else [predictor.predict(sources[0])]
             results.update((item.index, probabilities) for (item, _), probabilities in zip(batch, scores, strict=True))
     for item in chunk:
         yield item, results.pop(item.index, None)
-
-
-def _batch_key(predictor: Any, source: Any) -> Any:
-    """Images with equal keys can share a forward pass: their channel count and one-tile plans (the tile is the
-    whole image, resized by the model's scale inside the predictor); a unique key for a multi-tile image."""
-    plan_y, plan_x = predictor.plans(*source.shape[1:])
-    if len(plan_y.starts) == 1 and len(plan_x.starts) == 1:
-        return source.shape[0], plan_y, plan_x
-    return id(source)
-
-
-def _predict_batch(predictor: Any, sources: list[Any], key: Any) -> list[np.ndarray]:
-    """Probabilities ``float32 [K, H, W]`` of each source; one forward pass for a batch of one-tile images.
-
-    The one tile of each image is read as :func:`~pixelwise.inference.stitch.iter_bands` reads it, and its
-    scores are blended back by ``iter_bands`` itself, so each result is what ``predictor.predict`` gives.
-    """
-    if not isinstance(key, tuple):
-        return [predictor.predict(source) for source in sources]
-    _, plan_y, plan_x = key
-    options = dataclasses.replace(predictor.options, progress=False)  # no tile bar per small image
-    y0, x0 = plan_y.starts[0] - plan_y.context, plan_x.starts[0] - plan_x.context
-    with torch.inference_mode():
-        tiles = [
-            read_window(source, y0, y0 + plan_y.tile_in, x0, x0 + plan_x.tile_in, options.padding_mode, options.fill)
-            for source in sources
-        ]
-        # Predictor has no public batch entry point; _tile_scores is what iter_bands calls on a tile batch
-        scores = predictor._tile_scores(torch.from_numpy(np.stack(tiles)).to(options.device)).float()
-    return [_stitched(scores[b : b + 1], source, plan_y, plan_x, options) for b, source in enumerate(sources)]
-
-
-def _stitched(scores: torch.Tensor, source: Any, plan_y: Any, plan_x: Any, options: Any) -> np.ndarray:
-    """``scores`` of the one tile of ``source`` blended by ``iter_bands`` (as ``Predictor.predict`` assembles them)."""
-    out = None
-    for row0, band in iter_bands(lambda _tiles: scores, source, plan_y, plan_x, options):
-        if out is None:
-            out = np.empty((band.shape[0], source.shape[1], band.shape[2]), dtype=np.float32)
-        out[:, row0 : row0 + band.shape[1]] = band
-    return out

@@ -21,7 +21,7 @@ import dataclasses
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from pixelwise.inference.tiling import (
     RowSource,
     check_margin,
     fit_tile,
+    read_window,
     scan_axis,
     valid_axis,
 )
@@ -389,6 +390,40 @@ class Predictor:
             out[:, row0 : row0 + scores.shape[1]] = scores
         return out
 
+    def batch_key(self, image: Any) -> Hashable | None:
+        """A key shared by the images one forward pass can predict together: their channel count and one-tile plans
+        (the tile is the whole image); None for an image that needs several tiles (use :meth:`predict`).
+
+        ``image``: anything :meth:`predict` takes.
+        """
+        source = self.as_source(image)
+        plan_y, plan_x = self.plans(*source.shape[1:])
+        if len(plan_y.starts) == 1 and len(plan_x.starts) == 1:
+            return source.shape[0], plan_y, plan_x
+        return None
+
+    def predict_batch(self, images: Sequence[Any]) -> list[np.ndarray]:
+        """Class probabilities ``float32 [K, H, W]`` of several images of one :meth:`batch_key`, in one forward pass.
+
+        Each result is what :meth:`predict` gives for that image alone: its one tile is read and its scores blended
+        back by :func:`iter_bands` itself (batched kernels may round the last float bit differently).
+
+        Raises:
+            ConfigError: the images do not share one batch key.
+        """
+        sources = [self.as_source(image) for image in images]
+        keys = {self.batch_key(source) for source in sources}
+        if len(keys) != 1 or None in keys:
+            raise ConfigError("predict_batch takes images of one batch_key (one tile each, same size); use predict.")
+        _, plan_y, plan_x = keys.pop()
+        options = dataclasses.replace(self.options, progress=False)  # no tile bar per small image
+        y0, x0 = plan_y.starts[0] - plan_y.context, plan_x.starts[0] - plan_x.context
+        window = (y0, y0 + plan_y.tile_in, x0, x0 + plan_x.tile_in, options.padding_mode, options.fill)
+        with torch.inference_mode():
+            tiles = np.stack([read_window(source, *window) for source in sources])
+            scores = self._tile_scores(torch.from_numpy(tiles).to(options.device)).float()
+        return [_stitched(scores[b : b + 1], source, plan_y, plan_x, options) for b, source in enumerate(sources)]
+
     def predict_labels(self, image: Any) -> np.ndarray:
         """Label map ``[H, W]`` (uint8, or int32 beyond 256 classes) of one image; see :meth:`predict`."""
         source = self.as_source(image)
@@ -552,3 +587,15 @@ def nonfinite_message(what: str, count: int) -> str:
         "probability NaN; replace them first, e.g. numpy.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0) "
         "for an image in [0, 1]."
     )
+
+
+def _stitched(
+    scores: torch.Tensor, source: Any, plan_y: AxisPlan, plan_x: AxisPlan, options: StitchOptions
+) -> np.ndarray:
+    """``scores`` of the one tile of ``source`` blended by ``iter_bands``, as :meth:`Predictor.predict` does."""
+    out = None
+    for row0, band in iter_bands(lambda _tiles: scores, source, plan_y, plan_x, options):
+        if out is None:
+            out = np.empty((band.shape[0], source.shape[1], band.shape[2]), dtype=np.float32)
+        out[:, row0 : row0 + band.shape[1]] = band
+    return out
