@@ -186,3 +186,19 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_cached_imagenet_weights_are_found_without_downloading(tmp_path):
+    from pixelwise.training.plan import imagenet_weights_cached
+
+    assert not imagenet_weights_cached("resnet18", cache_dir=str(tmp_path))
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"  # the Hugging Face cache layout timm downloads into
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(b"weights")
+    assert imagenet_weights_cached("resnet18", cache_dir=str(tmp_path))
+    assert not imagenet_weights_cached("resnet34", cache_dir=str(tmp_path))
+    colour = PlanContext(cached_weights=lambda encoder: encoder == "resnet18")
+    assert make_plan(fingerprint(channels=3), colour).options()["encoder_weights"] == "imagenet"
+    assert make_plan(fingerprint(channels=1), colour).options()["encoder_weights"] is None

@@ -15,11 +15,17 @@ The inputs go through :func:`pixelwise.inference.pipeline.predict_folder`: ``--w
 them, whole images of equal size share a forward pass (``--batch-size`` of them: the same bound on a
 forward pass as for tiles, since such an image is no larger than a tile), and a background thread writes
 the outputs. ``--skip-existing`` leaves out the inputs whose outputs are all present.
+
+With ``--devices N`` (and ``--num-nodes M``, or under ``torchrun`` / ``srun``) the files are shared over
+N × M processes by :func:`pixelwise.inference.distributed.predict_folder_distributed` (Lightning Fabric,
+gloo on the CPU, NCCL on GPUs): each process writes the outputs of its files, rank 0 prints one summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from pixelwise.cli import _tiling
 from pixelwise.cli.tune_instances import add_postprocess_arguments, postprocess_overrides
 from pixelwise.errors import ConfigError, check_choice
 from pixelwise.inference.backends import BACKENDS
+from pixelwise.inference.distributed import is_distributed, is_rank_zero, predict_folder_distributed
 from pixelwise.inference.files import DEFAULT_TILE_SIZE, LABEL_FORMATS, collect_inputs, prepare_out
 from pixelwise.inference.pipeline import DEFAULT_WORKERS, predict_folder
 from pixelwise.inference.predictor import DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS, check_int
@@ -66,9 +73,19 @@ def add_parser(commands: Any) -> None:
     predict.add_argument(
         "--workers",
         type=int,
-        default=DEFAULT_WORKERS,
-        help=f"processes decoding the inputs while the model runs (default {DEFAULT_WORKERS}: half the cores; "
-        "0: decode in the main process)",
+        default=None,
+        help=f"processes decoding the inputs while the model runs (default {DEFAULT_WORKERS}: half the cores, "
+        "shared by the --devices processes; 0: decode in the main process)",
+    )
+    predict.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes per machine, each on its own GPU (or CPU processes with --device cpu), sharing the files "
+        "(default 1)",
+    )
+    predict.add_argument(
+        "--num-nodes", type=int, default=1, help="machines (launched by torchrun or srun, see the README; default 1)"
     )
     predict.add_argument(
         "--skip-existing",
@@ -87,21 +104,18 @@ def check_predict_options(args: argparse.Namespace) -> None:
         ConfigError: names the option, the value and the valid range or choices.
     """
     _tiling.check_tiling_arguments(args)
-    check_int("--workers", args.workers, 0, " (0: decode in the main process)")
+    if args.workers is not None:
+        check_int("--workers", args.workers, 0, " (0: decode in the main process)")
+    check_int("--devices", args.devices, 1, " (processes per machine: GPUs, or CPU processes)")
+    check_int("--num-nodes", args.num_nodes, 1, " (machines)")
     check_choice("--backend", args.backend, BACKENDS)
     check_choice("--precision", args.precision, PRECISIONS)
     postprocess_overrides(args)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check options, inputs and --out, build the predictor, predict every input, report failures
-    (unreadable inputs included)."""
-    import functools
-
-    from pixelwise.inference import Predictor
-    from pixelwise.instances import write_prediction_instances
-    from pixelwise.io import remove_stale_temporaries
-
+    """Check options, inputs and --out, build the predictor (one per process), predict every input, report
+    failures (unreadable inputs included) once."""
     check_predict_options(args)
     model = Path(args.model)
     if not model.exists():
@@ -111,40 +125,65 @@ def run(args: argparse.Namespace) -> int:
         )
     inputs, unreadable = collect_inputs(args.inputs)
     out = prepare_out(args.out, inputs)
-    removed = remove_stale_temporaries(out)
+    options = _folder_options(args, model)
+    make_predictor = functools.partial(_build_predictor, args, model)
+    if is_distributed(args.devices, args.num_nodes):
+        report = predict_folder_distributed(
+            make_predictor, inputs, out, devices=args.devices, num_nodes=args.num_nodes, device=args.device, **options
+        )
+        if report is None:  # not rank 0: rank 0 reports for everyone
+            return 0
+        removed = report.removed
+    else:
+        from pixelwise.io import remove_stale_temporaries
+
+        removed = len(remove_stale_temporaries(out))
+        report = predict_folder(make_predictor(args.device), inputs, out, **_one_process(options))
     if removed:
-        print(f"removed {len(removed)} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
-    tiled = Predictor(
-        model,
-        tiling=_tiling.tiling_options(args),
-        runtime=_tiling.runtime_options(args),
-        tta=args.tta,
-        tta_scales=_tiling.tta_scales(args),
-    )
-    if tiled.tta:  # --tta, else the mode stored with the model
-        print(f"test-time augmentation: {tiled.tta}" + ("" if args.tta else " (stored with the model)"))
-    postprocess = postprocess_overrides(args)
-    method = postprocess.pop("method")
-    instances = None
-    if args.instances:
-        instances = functools.partial(write_prediction_instances, model=model, method=method, options=postprocess)
-    report = predict_folder(
-        tiled,
-        inputs,
-        out,
-        save_probs=args.save_probs,
-        overlay=args.overlay,
-        instances=instances,
-        label_format=args.label_format,
-        workers=args.workers,
-        skip_existing=args.skip_existing,
-        progress=not args.no_progress,
-    )
+        print(f"removed {removed} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
     failures = [*unreadable, *report.failures]
     total = len(inputs) + len(unreadable)
     skipped = f"; skipped {report.skipped} with all outputs present" if args.skip_existing else ""
     print(f"predicted {report.predicted} of {total} images into {out} ({report.written} files){skipped}")
     return report_failures(failures)
+
+
+def _folder_options(args: argparse.Namespace, model: Path) -> dict[str, Any]:
+    """The keyword arguments of ``predict_folder`` from the command line."""
+    from pixelwise.instances import write_prediction_instances
+
+    postprocess = postprocess_overrides(args)
+    method = postprocess.pop("method")
+    instances = None
+    if args.instances:
+        instances = functools.partial(write_prediction_instances, model=model, method=method, options=postprocess)
+    return {
+        "save_probs": args.save_probs,
+        "overlay": args.overlay,
+        "instances": instances,
+        "label_format": args.label_format,
+        "workers": args.workers,
+        "skip_existing": args.skip_existing,
+        "progress": not args.no_progress,
+    }
+
+
+def _one_process(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for one process: the default number of decoding workers filled in."""
+    return {**options, "workers": DEFAULT_WORKERS if options["workers"] is None else options["workers"]}
+
+
+def _build_predictor(args: argparse.Namespace, model: Path, device: str | None) -> Any:
+    """The predictor of one process on ``device`` (its own GPU in a distributed run)."""
+    from pixelwise.inference import Predictor
+
+    runtime = dataclasses.replace(_tiling.runtime_options(args), device=device)
+    predictor = Predictor(
+        model, tiling=_tiling.tiling_options(args), runtime=runtime, tta=args.tta, tta_scales=_tiling.tta_scales(args)
+    )
+    if predictor.tta and is_rank_zero():  # --tta, else the mode stored with the model
+        print(f"test-time augmentation: {predictor.tta}" + ("" if args.tta else " (stored with the model)"))
+    return predictor
 
 
 def report_failures(failures: list[tuple[Any, str]]) -> int:

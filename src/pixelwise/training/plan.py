@@ -531,12 +531,12 @@ def plan_for_data(
     return fp, make_plan(fp, context)
 
 
-def imagenet_weights_cached(encoder: str) -> bool:
-    """True when timm's ImageNet weights of ``encoder`` are in the local Hugging Face cache (nothing is downloaded)."""
+def imagenet_weights_cached(encoder: str, cache_dir: str | None = None) -> bool:
+    """True when timm's ImageNet weights of ``encoder`` are in the local Hugging Face cache (nothing is downloaded;
+    ``cache_dir``: another cache than the default one)."""
     config = timm.models.get_pretrained_cfg(str(encoder).removeprefix("tu-"))
     hub = getattr(config, "hf_hub_id", None) if config is not None else None
     if not hub:
         return False
-    return any(
-        isinstance(try_to_load_from_cache(hub, name), str) for name in ("model.safetensors", "pytorch_model.bin")
-    )
+    names = ("model.safetensors", "pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(hub, name, cache_dir=cache_dir), str) for name in names)
