@@ -118,7 +118,8 @@ def test_plan_options_make_a_valid_config_and_serialise():
     loaded = json.loads(plan.to_json())
     assert loaded["symmetry"] == "d4" and loaded["mask_offset"] == [-0.5, 0.0] and loaded["tta"] == "d4"
     assert set(loaded["reasons"]) >= set(loaded["options"])
-    assert "| `crop` |" in plan.to_markdown()
+    assert "| `crop` |" in plan.to_markdown() and "Budget: " in plan.to_markdown()
+    assert "optimiser steps in epochs of" in loaded["budget"]
 
 
 def test_step_time_is_measured_for_the_planned_model():

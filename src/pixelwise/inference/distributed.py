@@ -136,8 +136,8 @@ def predict_folder_distributed(
         ConfigError: ``devices`` or ``num_nodes`` not a whole number ≥ 1, a device index with several
             processes, or Fabric refusing the setup (e.g. ``--devices × --num-nodes`` not torchrun's world size).
     """
-    check_int("--devices", devices, 1, " (processes per machine: GPUs, or CPU processes)")
-    check_int("--num-nodes", num_nodes, 1, " (machines)")
+    check_int("devices", devices, 1, " (processes per machine: GPUs, or CPU processes)")
+    check_int("num_nodes", num_nodes, 1, " (machines)")
     if workers is None:
         workers = DEFAULT_WORKERS // devices
     try:

@@ -170,6 +170,8 @@ class Plan:
     symmetry: str
     """``d4``, ``hflip`` or ``none``: the flips the labels allow (augmentation and test-time augmentation)."""
     mask_offset: list[float] | None
+    budget: str = ""
+    """How the time budget is expected to be spent (set-up, steps, epochs, validation), for ``plan.md``."""
 
     def options(self) -> dict[str, Any]:
         """The TrainConfig values of the plan (later choices of an option win)."""
@@ -187,6 +189,7 @@ class Plan:
             "mask_offset": self.mask_offset,
             "tta": self.tta,
             "reasons": {c.option: c.reason for c in self.choices},
+            "budget": self.budget,
         }
 
     def to_json(self) -> str:
@@ -201,7 +204,8 @@ class Plan:
 
     def to_markdown(self) -> str:
         """``plan.md``: one line per option, with the fact that decided it."""
-        lines = ["# Training plan", "", "| option | value | why |", "|---|---|---|"]
+        lines = ["# Training plan", ""] + ([f"Budget: {self.budget}", ""] if self.budget else [])
+        lines += ["| option | value | why |", "|---|---|---|"]
         lines += [f"| `{c.option}` | `{json.dumps(c.value, default=str)}` | {c.reason} |" for c in self.choices]
         return "\n".join(lines) + "\n"
 
@@ -465,7 +469,25 @@ def make_plan(fp: Fingerprint, context: PlanContext | None = None) -> Plan:
     choices += intensity_rule(fp, context, group, steps) + sizes
     choices += [Choice("tta", SYMMETRY_TTA[group], f"test-time augmentation of the symmetry group {group}")]
     kept = [c for c in choices if c.option not in context.fixed]
-    return Plan(kept, group, fp.mask_offset)
+    return Plan(kept, group, fp.mask_offset, budget_summary(context, {**chosen, **context.fixed}, sizes, steps))
+
+
+def budget_summary(context: PlanContext, options: Mapping[str, Any], sizes: list[Choice], steps: int) -> str:
+    """One sentence on where the budget goes: planning, optimiser steps, epochs and validation."""
+    planned = {c.option: c.value for c in sizes}
+    batch = int(options["batch_size"])
+    epoch_steps = max(1, int(planned["samples_per_epoch"]) // batch)
+    split = (
+        f"about {steps} optimiser steps in epochs of {epoch_steps} steps (batch {batch}); an epoch ends with a "
+        "validation pass only while validation stays under a tenth of the training time (always after the first "
+        "and the last), and the last seconds go to the final validation and the export"
+    )
+    if context.budget_minutes is None:
+        return f"no time limit: {split}"
+    return (
+        f"{context.budget_minutes:g} min, of which {context.spent_seconds:.0f} s went to the fingerprint and the "
+        f"step measurement; {split}"
+    )
 
 
 def _merge_model_options(choices: list[Choice]) -> list[Choice]:
