@@ -8,7 +8,10 @@ run the same network), each contestant a fresh process timed from start to exit:
   PNG write (``torch.inference_mode``, eager fp32), one image at a time in one process;
 - ``pixelwise predict``: the command with its defaults (decoding workers, equal-size images batched, outputs
   written by a background thread);
-- ``pixelwise predict, one at a time``: ``--workers 0 --batch-size 1`` (read, predict, write in turn).
+- ``pixelwise predict, one at a time``: ``--workers 0 --batch-size 1`` (read, predict, write in turn);
+- with ``--devices 1 2 ...``, also ``pixelwise predict --devices N``: the files shared over N processes
+  (Lightning Fabric; N GPUs where there are any, else N CPU processes), with each N's scaling efficiency
+  (images/s over N times the one-process images/s).
 
 Repeats run round-robin (each repeat times every contestant once); the table gives the median ms per image,
 images/s and the speed relative to the plain loop. The last line says whether the pipelined and the
@@ -18,6 +21,7 @@ Usage::
 
     python benchmarks/folder_predict.py                         # 2,000 × 256² and 200 × 512², 3 repeats
     python benchmarks/folder_predict.py --count 40 --size 256   # a small run
+    python benchmarks/folder_predict.py --count 60 --size 256 --devices 1 2   # 1 vs 2 processes
 
 Targets (issue 24) on the 2-core CPU: ≥ 2× the plain loop's images/s at 256², ≥ 1.5× at 512²; ≥ 3× on a GPU.
 segmentation_models_pytorch is a test extra (``pip install -e ".[test]"``).
@@ -102,8 +106,9 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_case(size: int, count: int, repeats: int, work: Path) -> list[str]:
-    """Table rows for one folder: each contestant's median whole-process ms per image."""
+def run_case(size: int, count: int, repeats: int, work: Path, devices: tuple[int, ...] = ()) -> list[str]:
+    """Table rows for one folder: each contestant's median whole-process ms per image; the last rows say
+    whether outputs agree and how ``--devices`` scales."""
     images = work / f"images_{size}"
     make_images(images, count, size)
     smp_path, saved = make_models(work)
@@ -113,6 +118,8 @@ def run_case(size: int, count: int, repeats: int, work: Path) -> list[str]:
         "pixelwise predict": lambda out: [*predict, "--out", out],
         "pixelwise predict, one at a time": lambda out: [*predict, "--out", out, "--workers", "0", "--batch-size", "1"],
     }
+    for n in devices:
+        contestants[f"pixelwise predict --devices {n}"] = lambda out, n=n: [*predict, "--out", out, "--devices", str(n)]
     seconds: dict[str, list[float]] = {name: [] for name in contestants}
     for repeat in range(repeats):
         for index, (name, command) in enumerate(contestants.items()):
@@ -127,7 +134,18 @@ def run_case(size: int, count: int, repeats: int, work: Path) -> list[str]:
         )
     same = filecmp.dircmp(work / f"out_{size}_1_0", work / f"out_{size}_2_0")
     rows.append(f"pipelined vs one-at-a-time outputs at {size}²: {len(same.diff_files)} of {count} label files differ")
-    return rows
+    return rows + scaling_notes(size, seconds, devices)
+
+
+def scaling_notes(size: int, seconds: dict[str, list[float]], devices: tuple[int, ...]) -> list[str]:
+    """One line per process count: speed-up and scaling efficiency over ``--devices 1`` (or the default command)."""
+    one = "pixelwise predict --devices 1" if 1 in devices else "pixelwise predict"
+    base = statistics.median(seconds[one])
+    notes = []
+    for n in devices:
+        speedup = base / statistics.median(seconds[f"pixelwise predict --devices {n}"])
+        notes.append(f"--devices {n} at {size}²: {speedup:.2f}× one process, scaling efficiency {speedup / n:.0%}")
+    return notes
 
 
 def main() -> None:
@@ -135,6 +153,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=None, help="images in the folder (with --size)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (with --count)")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed runs of each contestant")
+    parser.add_argument(
+        "--devices", type=int, nargs="+", default=(), help="also time `pixelwise predict --devices N` for each N"
+    )
     parser.add_argument("--plain-loop", nargs=3, metavar=("MODEL", "IMAGES", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_loop:
@@ -147,9 +168,10 @@ def main() -> None:
     notes = []
     with tempfile.TemporaryDirectory(prefix="pixelwise-folder-") as tmp:
         for size, count in cases:
-            rows = run_case(size, count, args.repeats, Path(tmp))
-            lines += rows[:-1]
-            notes.append(rows[-1])
+            rows = run_case(size, count, args.repeats, Path(tmp), tuple(args.devices))
+            split = len(rows) - 1 - len(args.devices)
+            lines += rows[:split]
+            notes += rows[split:]
     print("\n".join([*lines, "", *notes]))
 
 

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import pixelwise
 from pixelwise.cli import main
 from pixelwise.errors import ConfigError
-from pixelwise.inference.distributed import accelerator_for, merge_reports, predict_folder_distributed, shard
+from pixelwise.inference.distributed import (
+    accelerator_for,
+    check_launched_world,
+    is_distributed,
+    merge_reports,
+    predict_folder_distributed,
+    shard,
+)
 from pixelwise.inference.pipeline import FolderReport
 
 TILE = 64
@@ -48,8 +56,8 @@ def _predict(model_dir, images, out, *extra):
     """``pixelwise predict`` as a whole process; its CompletedProcess."""
     command = [sys.executable, "-m", "pixelwise.cli", "predict", str(images), "--model", str(model_dir)]
     command += ["--out", str(out), "--tile", str(TILE), "--batch-size", "1", "--save-probs", "--no-progress"]
-    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "LOCAL_RANK", "RANK")}
-    env["MASTER_PORT"] = str(29500 + os.getpid() % 1000)  # not the port of another test run on this machine
+    launched = ("WORLD_SIZE", "LOCAL_RANK", "RANK", "MASTER_PORT")  # Fabric then launches and picks a free port
+    env = {key: value for key, value in os.environ.items() if key not in launched}
     return subprocess.run(
         [*command, "--device", "cpu", *extra], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env
     )
@@ -84,7 +92,9 @@ def test_zero_devices_is_refused_before_any_work(model_dir, images, tmp_path, ca
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_one_gpu_index_with_several_processes_is_refused():
+def test_one_gpu_index_with_several_processes_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the message, on a machine without GPUs too
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"--device 'cuda:1' names one device.*--device cuda"):
         accelerator_for("cuda:1")
     assert accelerator_for(None) == "auto" and accelerator_for("cpu") == "cpu"
@@ -104,3 +114,13 @@ def test_shards_cover_the_inputs_once_and_failures_merge_in_input_order():
     assert (merged.predicted, merged.written, merged.skipped, merged.processes) == (4, 8, 1, 3)
     assert [re.sub(r"\D", "", p.name) for p, _ in merged.failures] == ["1", "2", "3", "4"]
     assert [reason for _, reason in merged.failures] == ["bad 1", "bad 2", "bad 3", "bad 4"]
+
+
+def test_under_torchrun_the_options_must_match_its_world_size(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    check_launched_world(4, 2)
+    with pytest.raises(ConfigError, match=r"--devices 1 × --num-nodes 1 = 1 processes.*started 8.*--nproc-per-node"):
+        check_launched_world(1, 1)
+    assert is_distributed(1, 1)  # a torchrun process shares the files even with the default --devices
+    monkeypatch.delenv("WORLD_SIZE")
+    assert not is_distributed(1, 1) and is_distributed(1, 2)

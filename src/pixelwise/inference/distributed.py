@@ -24,14 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from lightning.fabric import Fabric
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from pixelwise.errors import ConfigError
 from pixelwise.inference.pipeline import DEFAULT_WORKERS, FolderReport, predict_folder
-from pixelwise.inference.predictor import check_int
+from pixelwise.inference.predictor import check_device, check_int
 from pixelwise.io import remove_stale_temporaries
 
 DEFAULT_STRATEGY = "ddp"
@@ -66,17 +65,33 @@ def accelerator_for(device: str | None, option: str = "--device") -> str:
     """Fabric's ``accelerator`` for a device string: ``auto`` (GPUs if any) for None, else its type.
 
     Raises:
-        ConfigError: ``device`` names one GPU (``cuda:1``): each process gets its own GPU from Fabric.
+        ConfigError: ``device`` is not a device here (:func:`~pixelwise.inference.predictor.check_device`), or
+            names one GPU (``cuda:1``): each process gets its own GPU from Fabric.
     """
-    if device is None:
+    resolved = check_device(device, option)
+    if resolved is None:
         return "auto"
-    resolved = torch.device(device)
     if resolved.index is not None:
         raise ConfigError(
             f"{option} {device!r} names one device, but several processes each need their own; give "
             f"{option} {resolved.type} (and CUDA_VISIBLE_DEVICES to choose the GPUs)."
         )
     return resolved.type
+
+
+def check_launched_world(devices: int, num_nodes: int) -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` set), ``devices × num_nodes`` must be the processes it started.
+
+    Raises:
+        ConfigError: names both options, their product and the launcher's world size.
+    """
+    launched = os.environ.get(LAUNCHER_WORLD_SIZE)
+    if launched is not None and launched.isdigit() and devices * num_nodes != int(launched):
+        raise ConfigError(
+            f"--devices {devices} × --num-nodes {num_nodes} = {devices * num_nodes} processes, but the launcher "
+            f"(torchrun) started {launched} ({LAUNCHER_WORLD_SIZE}={launched}); give --devices as its "
+            "--nproc-per-node and --num-nodes as its --nnodes."
+        )
 
 
 def shard(inputs: list[Path], rank: int, world_size: int) -> list[Path]:
@@ -138,6 +153,7 @@ def predict_folder_distributed(
     """
     check_int("devices", devices, 1, " (processes per machine: GPUs, or CPU processes)")
     check_int("num_nodes", num_nodes, 1, " (machines)")
+    check_launched_world(devices, num_nodes)
     if workers is None:
         workers = DEFAULT_WORKERS // devices
     try:
@@ -160,10 +176,12 @@ def _predict_shard(
     progress: bool,
     options: dict[str, Any],
 ) -> ShardedReport | None:
-    """One process's part: clean ``out`` (one process per machine), predict its files, gather the reports."""
+    """One process's part: clean ``out`` (one process per machine), predict its share of rank 0's file list,
+    gather the reports."""
     removed = len(remove_stale_temporaries(out)) if fabric.local_rank == 0 else 0
     fabric.barrier()  # no process writes before the stale temporaries are gone
     predictor = make_predictor(str(fabric.device))
+    inputs = fabric.broadcast(inputs, src=0)  # each process listed the folder itself, maybe seeing other files
     mine = shard(inputs, fabric.global_rank, fabric.world_size)
     report = predict_folder(
         predictor, mine, out, workers=workers, progress=progress and fabric.global_rank == 0, **options
