@@ -140,16 +140,16 @@ def test_a_registered_layout_is_detected_and_read(tmp_path, monkeypatch):
 
 def test_evaluate_reads_the_training_data_with_the_runs_layout_options(tmp_path):
     """Evaluating on the run's own training data reuses its data_format and data_options; other data: none."""
-    from pixelwise.evaluate import _training_layout
+    from pixelwise.inference.scoring_data import training_layout
 
     (tmp_path / "data").mkdir()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text(
         f"data: {tmp_path / 'data'}\ndata_format: coco\ndata_options: {{background: false}}\n"
     )
-    assert _training_layout(tmp_path / "run", tmp_path / "data") == {
+    assert training_layout(tmp_path / "run", tmp_path / "data") == {
         "format": "coco",
         "layout_options": {"background": False},
     }
-    assert _training_layout(tmp_path / "run", tmp_path / "other") == {"format": None, "layout_options": None}
-    assert _training_layout(None, tmp_path / "data") == {"format": None, "layout_options": None}
+    assert training_layout(tmp_path / "run", tmp_path / "other") == {"format": None, "layout_options": None}
+    assert training_layout(None, tmp_path / "data") == {"format": None, "layout_options": None}
