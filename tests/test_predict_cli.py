@@ -5,17 +5,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-import pixelwise
 from pixelwise.cli import main
 from pixelwise.inference import Predictor, TilingOptions
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    model = pixelwise.create_model(
-        "unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], classes=3
-    ).eval()
-    return model.save_pretrained(tmp_path_factory.mktemp("model") / "saved")
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +19,14 @@ def images(tmp_path_factory):
     return folder
 
 
-def test_predict_folder_writes_palette_masks_and_reports_the_broken_file(model_dir, images, tmp_path, capsys):
+def test_predict_folder_writes_palette_masks_and_reports_the_broken_file(tiny_model_dir, images, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["predict", "--model", str(model_dir), str(images), "--out", str(out), "--tile", "64", "--no-progress"]
+    args = ["predict", "--model", str(tiny_model_dir), str(images), "--out", str(out), "--tile", "64", "--no-progress"]
     assert main([*args, "--save-probs", "--overlay"]) == 1
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "cannot read image" in captured.err
     assert "predicted 2 of 3 images" in captured.out
-    predictor = Predictor(model_dir, tiling=TilingOptions(tile_size=64))
+    predictor = Predictor(tiny_model_dir, tiling=TilingOptions(tile_size=64))
     for name, size in (("a", (50, 70)), ("b", (90, 100))):
         mask = Image.open(out / f"{name}.png")
         assert mask.mode == "P" and mask.size == (size[1], size[0])
@@ -49,24 +40,29 @@ def test_predict_folder_writes_palette_masks_and_reports_the_broken_file(model_d
     )  # nothing for the broken file, no temporary files left
 
 
-def test_large_tiff_is_streamed_to_a_tiled_tiff(model_dir, tmp_path, monkeypatch, capsys):
+def test_large_tiff_is_streamed_to_a_tiled_tiff(tiny_model_dir, tmp_path, monkeypatch, capsys):
     import pixelwise.inference.files
 
     monkeypatch.setattr(pixelwise.inference.files, "LARGE_IMAGE_PIXELS", 1000)
     image = np.random.default_rng(1).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(32, 32))
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(model_dir), str(tmp_path / "*.tif"), "--out", str(out), "--tile", "48"]) == 0
-    expected = Predictor(model_dir, tiling=TilingOptions(tile_size=48)).predict_labels(image)
+    assert (
+        main(["predict", "--model", str(tiny_model_dir), str(tmp_path / "*.tif"), "--out", str(out), "--tile", "48"])
+        == 0
+    )
+    expected = Predictor(tiny_model_dir, tiling=TilingOptions(tile_size=48)).predict_labels(image)
     assert np.array_equal(tifffile.imread(out / "big.tif"), expected)
 
 
-def test_clear_errors(model_dir, images, tmp_path, capsys):
+def test_clear_errors(tiny_model_dir, images, tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "nope"), str(images), "--out", str(tmp_path)]) == 2
     assert "--model" in capsys.readouterr().err
-    assert main(["predict", "--model", str(model_dir), str(tmp_path / "*.jpg"), "--out", str(tmp_path)]) == 2
+    assert main(["predict", "--model", str(tiny_model_dir), str(tmp_path / "*.jpg"), "--out", str(tmp_path)]) == 2
     assert "no input images matched" in capsys.readouterr().err
     gray = tmp_path / "gray.png"
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(gray)
-    assert main(["predict", "--model", str(model_dir), str(gray), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    assert (
+        main(["predict", "--model", str(tiny_model_dir), str(gray), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    )
     assert "gray.png: the image has 1 channels" in capsys.readouterr().err

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-import pixelwise
 from pixelwise.cli import main
 from pixelwise.errors import ConfigError
 from pixelwise.inference.distributed import (
@@ -34,14 +33,6 @@ RUN_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    model = pixelwise.create_model(
-        "unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], classes=3
-    ).eval()
-    return model.save_pretrained(tmp_path_factory.mktemp("model") / "saved")
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """10 small RGB PNGs of two sizes and one corrupt file among them."""
     folder = tmp_path_factory.mktemp("images")
@@ -52,9 +43,9 @@ def images(tmp_path_factory):
     return folder
 
 
-def _predict(model_dir, images, out, *extra):
+def _predict(tiny_model_dir, images, out, *extra):
     """``pixelwise predict`` as a whole process; its CompletedProcess."""
-    command = [sys.executable, "-m", "pixelwise.cli", "predict", str(images), "--model", str(model_dir)]
+    command = [sys.executable, "-m", "pixelwise.cli", "predict", str(images), "--model", str(tiny_model_dir)]
     command += ["--out", str(out), "--tile", str(TILE), "--batch-size", "1", "--save-probs", "--no-progress"]
     launched = ("WORLD_SIZE", "LOCAL_RANK", "RANK", "MASTER_PORT")  # Fabric then launches and picks a free port
     env = {key: value for key, value in os.environ.items() if key not in launched}
@@ -63,9 +54,9 @@ def _predict(model_dir, images, out, *extra):
     )
 
 
-def test_two_processes_write_every_output_once_as_one_process_does(model_dir, images, tmp_path):
-    single = _predict(model_dir, images, tmp_path / "one", "--workers", "0")
-    shared = _predict(model_dir, images, tmp_path / "two", "--devices", "2")
+def test_two_processes_write_every_output_once_as_one_process_does(tiny_model_dir, images, tmp_path):
+    single = _predict(tiny_model_dir, images, tmp_path / "one", "--workers", "0")
+    shared = _predict(tiny_model_dir, images, tmp_path / "two", "--devices", "2")
     assert single.returncode == 1 and shared.returncode == 1, shared.stderr[-3000:]
     expected = sorted(f"img{i:02d}{suffix}" for i in range(IMAGES) for suffix in (".png", "_probs.npy"))
     one, two = tmp_path / "one", tmp_path / "two"
@@ -81,8 +72,8 @@ def test_two_processes_write_every_output_once_as_one_process_does(model_dir, im
     assert "GLOBAL_RANK: 1" in shared.stderr  # the second process was a real member of the process group
 
 
-def test_zero_devices_is_refused_before_any_work(model_dir, images, tmp_path, capsys):
-    args = ["predict", "--model", str(model_dir), str(images), "--out", str(tmp_path / "o"), "--devices", "0"]
+def test_zero_devices_is_refused_before_any_work(tiny_model_dir, images, tmp_path, capsys):
+    args = ["predict", "--model", str(tiny_model_dir), str(images), "--out", str(tmp_path / "o"), "--devices", "0"]
     assert main(args) == 2
     assert "--devices 0 is out of range; give an int ≥ 1" in capsys.readouterr().err
     assert main([*args[:-2], "--num-nodes", "-1"]) == 2

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pixelwise
 from pixelwise.cli import main
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.inference import Predictor, TilingOptions
@@ -19,14 +18,6 @@ MULTI_TILE = (90, 100)
 """One image above the tile: tiled on its own."""
 IMAGES_PER_SIZE = 6
 BATCH = 4
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    model = pixelwise.create_model(
-        "unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], classes=3
-    ).eval()
-    return model.save_pretrained(tmp_path_factory.mktemp("model") / "saved")
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +37,9 @@ def _tree(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def _sequential(model_dir, images, out, **options):
+def _sequential(tiny_model_dir, images, out, **options):
     """The one-file-at-a-time path: predict_file on each input with single-image forward passes."""
-    predictor = Predictor(model_dir, tiling=TilingOptions(tile_size=TILE, batch_size=1))
+    predictor = Predictor(tiny_model_dir, tiling=TilingOptions(tile_size=TILE, batch_size=1))
     failed = []
     for path in collect_inputs([str(images)])[0]:
         try:
@@ -58,10 +49,10 @@ def _sequential(model_dir, images, out, **options):
     return failed
 
 
-def test_pipeline_writes_the_same_files_as_one_image_at_a_time(model_dir, images, tmp_path):
-    failed = _sequential(model_dir, images, tmp_path / "ref", save_probs=True, overlay=True)
+def test_pipeline_writes_the_same_files_as_one_image_at_a_time(tiny_model_dir, images, tmp_path):
+    failed = _sequential(tiny_model_dir, images, tmp_path / "ref", save_probs=True, overlay=True)
     assert failed == ["img03b.png"]
-    predictor = Predictor(model_dir, tiling=TilingOptions(tile_size=TILE, batch_size=BATCH))
+    predictor = Predictor(tiny_model_dir, tiling=TilingOptions(tile_size=TILE, batch_size=BATCH))
     batches = []
     forward = predictor._tile_scores
     predictor._tile_scores = lambda tiles: batches.append(tuple(tiles.shape)) or forward(tiles)
@@ -78,13 +69,13 @@ def test_pipeline_writes_the_same_files_as_one_image_at_a_time(model_dir, images
     assert [name for name in reference if result[name] != reference[name]] == []
 
 
-def test_a_failure_while_writing_is_reported_in_input_order(model_dir, images, tmp_path):
+def test_a_failure_while_writing_is_reported_in_input_order(tiny_model_dir, images, tmp_path):
     def objects(out, stem, probabilities, **_):
         if stem in ("img01", "img08"):
             raise DataError(f"no objects for {stem}")
         return []
 
-    predictor = Predictor(model_dir, tiling=TilingOptions(tile_size=TILE, batch_size=BATCH))
+    predictor = Predictor(tiny_model_dir, tiling=TilingOptions(tile_size=TILE, batch_size=BATCH))
     inputs = collect_inputs([str(images)])[0]
     report = predict_folder(predictor, inputs, tmp_path, instances=objects, workers=0)
     assert [(p.name, r) for p, r in report.failures] == [
@@ -95,9 +86,9 @@ def test_a_failure_while_writing_is_reported_in_input_order(model_dir, images, t
     assert report.predicted == len(inputs) - 3
 
 
-def test_cli_skip_existing_predicts_only_inputs_with_missing_outputs(model_dir, images, tmp_path, capsys):
+def test_cli_skip_existing_predicts_only_inputs_with_missing_outputs(tiny_model_dir, images, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["predict", "--model", str(model_dir), str(images), "--out", str(out), "--tile", str(TILE)]
+    args = ["predict", "--model", str(tiny_model_dir), str(images), "--out", str(out), "--tile", str(TILE)]
     args += ["--batch-size", str(BATCH), "--workers", "2", "--no-progress", "--save-probs"]
     assert main(args) == 1
     captured = capsys.readouterr()
@@ -116,10 +107,10 @@ def test_cli_skip_existing_predicts_only_inputs_with_missing_outputs(model_dir, 
     assert all(after[name][1] == before[name][1] for name in after)
 
 
-def test_bad_worker_count_is_refused(model_dir, images, tmp_path, capsys):
-    args = ["predict", "--model", str(model_dir), str(images), "--out", str(tmp_path / "o"), "--workers", "-1"]
+def test_bad_worker_count_is_refused(tiny_model_dir, images, tmp_path, capsys):
+    args = ["predict", "--model", str(tiny_model_dir), str(images), "--out", str(tmp_path / "o"), "--workers", "-1"]
     assert main(args) == 2
     assert "--workers -1" in capsys.readouterr().err
-    predictor = Predictor(model_dir)
+    predictor = Predictor(tiny_model_dir)
     with pytest.raises(ConfigError, match=r"workers=1\.5"):
         predict_folder(predictor, [images / "img00.png"], tmp_path, workers=1.5)
