@@ -3,6 +3,7 @@ user options are kept; the step-time budget picks the crop; plans of real finger
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from pixelwise.training.config import TrainConfig
 from pixelwise.training.plan import (
     BASE_LR,
     CROP_CANDIDATES,
+    MAX_DEFAULT_MINUTES,
     SYMMETRY_TOLERANCE,
     TARGET_STEPS,
     THIN_WIDTH,
@@ -96,6 +98,25 @@ def test_the_budget_and_measured_step_time_choose_the_crop():
     assert whole.options()["crop"] is None
 
 
+def test_without_a_budget_the_plan_picks_one_from_the_data_size_and_step_time():
+    small, large = CROP_CANDIDATES[-1], CROP_CANDIDATES[0]
+
+    def unbudgeted(images: int, small_seconds: float = 0.05) -> dict:
+        fp = dataclasses.replace(fingerprint(side=512), images=images)
+        context = PlanContext(budget_minutes=None, step_seconds=lambda options: {small: small_seconds}[options["crop"]])
+        return make_plan(fp, context).options()
+
+    large_seconds = 0.05 * (large / small) ** 2  # step time grows with the pixels per step
+    few = unbudgeted(20)  # 20 passes over 20 images of 512² are 400 steps of 4 × 256²: the 2,500-step floor
+    assert few["max_minutes"] == math.ceil(TARGET_STEPS * large_seconds / TRAIN_SHARE / 60)
+    assert few["crop"] == large and few["epochs"] > 1000  # the clock ends training, not an epoch count
+    some = unbudgeted(400)  # 8,000 steps
+    assert some["max_minutes"] == math.ceil(20 * 400 * 512**2 / (4 * large**2) * large_seconds / TRAIN_SHARE / 60)
+    assert unbudgeted(100_000, small_seconds=0.5)["max_minutes"] == MAX_DEFAULT_MINUTES["cpu"]
+    given = make_plan(fingerprint(side=512), PlanContext(budget_minutes=7, step_seconds=lambda o: 0.5))
+    assert "max_minutes" not in given.options()
+
+
 def test_user_options_are_kept_and_planned_around():
     seen = []
 
@@ -164,6 +185,10 @@ def test_plan_command_prints_json_with_every_option(cells, capsys):
     assert printed["symmetry"] in ("d4", "hflip", "none") and "mask_offset" in printed
     assert {"model", "encoder", "crop", "batch_size", "lr", "loss", "augment"} <= set(printed["options"])
     assert printed["options"]["crop"] is None  # 64² images: whole images
+    assert "max_minutes" not in printed["options"]  # the user's budget is not planned
+    assert cli("plan", "--data", str(cells), "--json") == 0  # no budget: the plan picks one and says why
+    unbudgeted = json.loads(capsys.readouterr().out)
+    assert unbudgeted["options"]["max_minutes"] >= 1 and "no --max-minutes" in unbudgeted["reasons"]["max_minutes"]
 
 
 def test_train_without_recipe_options_follows_the_plan_and_keeps_given_ones(cells, tmp_path):

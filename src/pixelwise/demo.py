@@ -16,47 +16,40 @@ from pixelwise.data.synthetic import write_synthetic
 from pixelwise.evaluate import EvaluationResult, evaluate
 from pixelwise.inference import Predictor
 from pixelwise.inference.files import predict_file
-from pixelwise.training.config import TrainConfig
+from pixelwise.training.config import TrainConfig, resolve
 
 DEMO_OUT = "outputs/demo"
 """Where :func:`run_demo` (and ``pixelwise demo``) writes its data, run, report and predictions."""
 DEMO_DATA = {"kind": "cells", "n_train": 48, "n_val": 12, "n_test": 4, "size": 256, "seed": 0}
-DEMO_TRAINING = {
-    "model": "unet",
-    "encoder": "resnet18",
-    "model_options": {"decoder_channels": [128, 64, 32, 16, 16]},
-    "epochs": 4,  # about 45 s each on 2 CPU cores: the cosine schedule ends when the budget does
-    "max_minutes": 3.5,
-    "samples_per_epoch": 192,
-    "batch_size": 8,
-    "crop": 128,
-    "augment": "light",
-    "loss": "ce+dice",
-    "lr": 3e-3,
-    "scheduler": "cosine",
-    "warmup_epochs": 0.5,
-}
+DEMO_MINUTES = 3.0
+"""The demo's training budget: the plan (:func:`pixelwise.training.plan.plan_config`) decides everything else."""
 
 
 def run_demo(out: str | Path = DEMO_OUT, max_minutes: float | None = None, progress: bool = True) -> EvaluationResult:
     """Run the demo into ``out``; return the validation metrics (also in ``out/metrics.json``)."""
-    from pixelwise.training.run import train  # Lightning takes a second to import: `pixelwise --help` skips it
+    # Lightning and timm take seconds to import: `pixelwise --help` skips them
+    from pixelwise.training.plan import plan_config
+    from pixelwise.training.run import train
 
     out = Path(out)
     start = time.perf_counter()
     torch.manual_seed(DEMO_DATA["seed"])
     print(f"[1/4] generating the synthetic 'cells' data set in {out / 'data'}")
     data = write_synthetic(out / "data", **DEMO_DATA)
-    options = dict(DEMO_TRAINING, data=str(data), runs_dir=str(out / "runs"), name="demo", progress=progress)
-    if max_minutes is not None:
-        options["max_minutes"] = max_minutes
     run_dir = out / "runs" / "demo"
     resume = (run_dir / "last.ckpt").is_file()
-    print(
-        f"[2/4] training a U-Net (resnet18 encoder) for at most {options['max_minutes']} minutes"
-        + (" (resuming the previous demo run)" if resume else "")
-    )
-    result = train(TrainConfig(**options), resume=resume)
+    minutes = DEMO_MINUTES if max_minutes is None else max_minutes
+    if resume:  # the interrupted run's own options, not a new plan
+        config = resolve(str(run_dir / "config.yaml"), {"runs_dir": str(run_dir.parent), "progress": progress})
+        print(f"[2/4] resuming the previous demo run in {run_dir}")
+    else:
+        given = {"data": str(data), "runs_dir": str(out / "runs"), "name": "demo", "progress": progress}
+        config, plan, artifacts = plan_config(TrainConfig(**given, max_minutes=minutes))
+        print(
+            f"[2/4] training a {config.model} ({config.encoder} encoder) for at most {minutes:g} minutes, as the plan "
+            f"from the data says ({run_dir / 'plan.md'}): {plan.summary()}"
+        )
+    result = train(config, resume=resume, artifacts=None if resume else artifacts)
     print("[3/4] evaluating on the validation split")
     metrics = evaluate(result.run_dir, data, split="val", out_dir=out, progress=progress)
     print("[4/4] predicting unseen images")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pixelwise.demo import DEMO_OUT, DEMO_TRAINING
+from pixelwise.demo import DEMO_MINUTES, DEMO_OUT
 
 
 def add_parser(commands: Any) -> None:
@@ -15,7 +15,7 @@ def add_parser(commands: Any) -> None:
         "--max-minutes",
         type=float,
         default=None,
-        help=f"training budget in minutes (default {DEMO_TRAINING['max_minutes']})",
+        help=f"training budget in minutes (default {DEMO_MINUTES:g}); the plan from the data decides the rest",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=run)

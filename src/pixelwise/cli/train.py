@@ -80,44 +80,19 @@ def wants_plan(args: argparse.Namespace, overrides: dict[str, Any]) -> bool:
 def planned(config: TrainConfig, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[TrainConfig, dict]:
     """The config with the plan's options under the user's (command line and config file), and the run's
     ``fingerprint.json``, ``plan.md`` and ``plan.json``."""
-    import json
-    import os
-
-    import torch
-
     from pixelwise.training.config import load_yaml
-    from pixelwise.training.plan import plan_for_data
+    from pixelwise.training.plan import plan_config
 
     given = {**(load_yaml(args.config) if args.config else {}), **overrides}
-    fixed = {key: getattr(config, key) for key in given if hasattr(config, key)}
-    gpu = config.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    # every process of a distributed run plans for itself: only a plan without timings is the same in all
-    distributed = config.devices not in (1, "1") or config.num_nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
-    fingerprint, plan = plan_for_data(
-        config.data,
-        split=config.train_split,
-        files=config.train_files,
-        data_format=config.data_format,
-        data_options=config.data_options,
-        max_minutes=config.max_minutes,
-        accelerator="gpu" if gpu else "cpu",
-        fixed=fixed,
-        measure=not distributed,
-        progress=config.progress,
-    )
+    config, plan, artifacts = plan_config(config, given)
     print(plan.to_text())
+    if "max_minutes" in plan.options():
+        print(f"budget: {plan.options()['max_minutes']:g} minutes, chosen by the plan (--max-minutes sets another)")
     if plan.tta:
         print(
             f"test-time augmentation {plan.tta} is stored with the model: evaluate and predict use it (--tta none: off)"
         )
-    artifacts = {
-        "fingerprint.json": json.dumps(fingerprint.to_dict(), indent=2) + "\n",
-        "plan.md": plan.to_markdown(),
-        "plan.json": plan.to_json() + "\n",
-    }
-    # replace, not resolve: a planned None (crop: whole images) must not fall back to the default
-    config = dataclasses.replace(config, **{k: v for k, v in plan.options().items() if k not in given})
-    return config.validate(), artifacts
+    return config, artifacts
 
 
 @functools.cache

@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import timm
@@ -30,7 +31,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 
 from pixelwise.data.fingerprint import Fingerprint, compute_fingerprint
-from pixelwise.training.config import field_names
+from pixelwise.training.config import TrainConfig, field_names
 from pixelwise.training.steptime import measure_step
 
 RECIPE_OPTIONS = frozenset(
@@ -99,6 +100,12 @@ BASE_LR = 1e-3
 """AdamW learning rate at batch size 1; scaled by ``sqrt(batch)`` (2e-3 at 4, 2.8e-3 at 8)."""
 TRAIN_SHARE = 0.85
 """Share of the budget expected for optimiser steps (the rest: data check, validation, export)."""
+DATA_PASSES = 20
+"""Without ``--max-minutes`` the budget buys this many passes over the training pixels (at the planned scale and
+crop), but at least ``TARGET_STEPS`` and at most ``MAX_DEFAULT_STEPS`` steps: a larger data set trains longer."""
+MAX_DEFAULT_STEPS = 20_000
+MAX_DEFAULT_MINUTES = {"cpu": 120.0, "gpu": 480.0}
+"""The longest default budget: a CPU day is not a default; a user who wants more says ``--max-minutes``."""
 CPU_MODEL = {
     "model": "unet",
     "encoder": "resnet18",
@@ -172,6 +179,8 @@ class Plan:
     mask_offset: list[float] | None
     budget: str = ""
     """How the time budget is expected to be spent (set-up, steps, epochs, validation), for ``plan.md``."""
+    steps: int | None = None
+    """The optimiser steps the budget is expected to buy."""
 
     def options(self) -> dict[str, Any]:
         """The TrainConfig values of the plan (later choices of an option win)."""
@@ -194,6 +203,15 @@ class Plan:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def summary(self) -> str:
+        """The main choices in one line, e.g. ``crop 192, batch 4, loss ce, flips d4, EMA, about 2500 steps``."""
+        options = self.options()
+        crop = options.get("crop", "given")
+        parts = [f"crop {crop if crop else 'whole images'}", f"batch {options.get('batch_size', 'given')}"]
+        parts += [f"loss {options.get('loss', 'given')}", f"flips {self.symmetry}"]
+        parts += ["EMA"] if options.get("ema_decay") else []
+        return ", ".join(parts) + (f", about {self.steps} steps" if self.steps else "")
 
     def to_text(self) -> str:
         """The plan for a terminal: ``option: value`` and, indented below, why."""
@@ -398,10 +416,16 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
 
     reference = candidates[-1]
     measured = context.step_seconds({**options, "crop": reference}) if context.step_seconds else None
-    budget = None  # after the measurement: its seconds are spent too
-    if context.budget_minutes is not None:
-        budget = max(context.budget_minutes * 60 - context.spent_seconds, 0.0) * TRAIN_SHARE
     estimate = {c: measured * pixels(c) / pixels(reference) for c in candidates} if measured else {}
+    minutes, budget_choices = context.budget_minutes, []
+    if minutes is None and estimate:
+        minutes, reason = default_budget(
+            fp, context, scale * scale, batch, pixels(candidates[0]), estimate[candidates[0]]
+        )
+        budget_choices = [Choice("max_minutes", minutes, reason)]
+    budget = None  # after the measurement: its seconds are spent too
+    if minutes is not None:
+        budget = max(minutes * 60 - context.spent_seconds, 0.0) * TRAIN_SHARE
     chosen = candidates[0] if budget is None or not estimate else reference
     if budget is not None and estimate:
         chosen = next((c for c in candidates if budget / estimate[c] >= TARGET_STEPS), reference)
@@ -412,7 +436,7 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
         crop_reason = (
             f"measured {measured:.2f} s per step at {reference or 'whole images'}"
             + (f" (by pixels: {others})" if others else "")
-            + f"; {budget:.0f} s of training in the {context.budget_minutes:g} min budget: {what} buy about "
+            + f"; {budget:.0f} s of training in the {minutes:g} min budget: {what} buy about "
             f"{steps} steps (target {TARGET_STEPS})"
             if budget is not None
             else f"no budget: {what}, {TARGET_STEPS} steps"
@@ -444,11 +468,30 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
                 "the last ~500 steps gives a smoother, better final model",
             )
         )
-    if context.budget_minutes is not None:
+    if minutes is not None:
         choices.append(Choice("epochs", 10_000, "the time budget ends training; the schedule follows the clock"))
     else:
         choices.append(Choice("epochs", EPOCHS_PER_BUDGET, f"no budget: {EPOCHS_PER_BUDGET} epochs"))
-    return choices, steps
+    return budget_choices + choices, steps
+
+
+def default_budget(
+    fp: Fingerprint, context: PlanContext, area_scale: float, batch: int, step_pixels: float, step_seconds: float
+) -> tuple[float, str]:
+    """The budget in whole minutes when none is given, and why: ``DATA_PASSES`` passes over the training pixels
+    (``area_scale``: the training scale squared) at ``step_pixels`` per image and ``step_seconds`` per step of
+    the largest candidate crop, within ``[TARGET_STEPS, MAX_DEFAULT_STEPS]`` steps and ``MAX_DEFAULT_MINUTES``."""
+    image_pixels = fp.sizes["height"]["median"] * fp.sizes["width"]["median"] * area_scale
+    passes = DATA_PASSES * fp.images * image_pixels / (batch * step_pixels)
+    steps = int(min(max(passes, TARGET_STEPS), MAX_DEFAULT_STEPS))
+    seconds = steps * step_seconds / TRAIN_SHARE + context.spent_seconds
+    cap = MAX_DEFAULT_MINUTES.get(context.accelerator, MAX_DEFAULT_MINUTES["cpu"])
+    minutes = float(min(max(math.ceil(seconds / 60), 1), cap))
+    why = (
+        f"no --max-minutes: {steps} steps ({DATA_PASSES} passes over {fp.images} images, at least {TARGET_STEPS}, "
+        f"at most {MAX_DEFAULT_STEPS}) at {step_seconds:.2f} s each on the {context.accelerator.upper()}"
+    )
+    return minutes, why + (f", capped at {cap:g} min" if minutes == cap else "")
 
 
 # -- the plan --------------------------------------------------------------------------------------------------
@@ -469,7 +512,8 @@ def make_plan(fp: Fingerprint, context: PlanContext | None = None) -> Plan:
     choices += intensity_rule(fp, context, group, steps) + sizes
     choices += [Choice("tta", SYMMETRY_TTA[group], f"test-time augmentation of the symmetry group {group}")]
     kept = [c for c in choices if c.option not in context.fixed]
-    return Plan(kept, group, fp.mask_offset, budget_summary(context, {**chosen, **context.fixed}, sizes, steps))
+    summary = budget_summary(context, {**chosen, **context.fixed}, sizes, steps)
+    return Plan(kept, group, fp.mask_offset, summary, steps)
 
 
 def budget_summary(context: PlanContext, options: Mapping[str, Any], sizes: list[Choice], steps: int) -> str:
@@ -482,10 +526,11 @@ def budget_summary(context: PlanContext, options: Mapping[str, Any], sizes: list
         "validation pass only while validation stays under a tenth of the training time (always after the first "
         "and the last), and the last seconds go to the final validation and the export"
     )
-    if context.budget_minutes is None:
+    minutes = planned.get("max_minutes", context.budget_minutes)
+    if minutes is None:
         return f"no time limit: {split}"
     return (
-        f"{context.budget_minutes:g} min, of which {context.spent_seconds:.0f} s went to the fingerprint and the "
+        f"{minutes:g} min, of which {context.spent_seconds:.0f} s went to the fingerprint and the "
         f"step measurement; {split}"
     )
 
@@ -551,6 +596,42 @@ def plan_for_data(
         spent_seconds=time.perf_counter() - start,
     )
     return fp, make_plan(fp, context)
+
+
+def plan_config(config: TrainConfig, given: Collection[str] = ()) -> tuple[TrainConfig, Plan, dict[str, str]]:
+    """``config`` with the plan's options for its data, except the ``given`` ones (the user's: kept as they are).
+
+    Plans for ``config``'s training split and budget (``max_minutes``; None: the plan picks one) on the device
+    ``config.accelerator`` selects. Every process of a distributed run plans for itself, so there the step time
+    is not measured (only a plan without timings is the same in all of them).
+
+    Returns:
+        ``(config, plan, artifacts)``: the planned config (validated), the :class:`Plan`, and the run's
+        ``fingerprint.json``, ``plan.md`` and ``plan.json`` texts (for :func:`~pixelwise.training.run.train`).
+    """
+    fixed = {key: getattr(config, key) for key in given if hasattr(config, key)}
+    gpu = config.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    distributed = config.devices not in (1, "1") or config.num_nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    fingerprint, plan = plan_for_data(
+        config.data,
+        split=config.train_split,
+        files=config.train_files,
+        data_format=config.data_format,
+        data_options=config.data_options,
+        max_minutes=config.max_minutes,
+        accelerator="gpu" if gpu else "cpu",
+        fixed=fixed,
+        measure=not distributed,
+        progress=config.progress,
+    )
+    artifacts = {
+        "fingerprint.json": json.dumps(fingerprint.to_dict(), indent=2) + "\n",
+        "plan.md": plan.to_markdown(),
+        "plan.json": plan.to_json() + "\n",
+    }
+    # replace, not resolve: a planned None (crop: whole images) must not fall back to the default
+    planned = dataclasses.replace(config, **{k: v for k, v in plan.options().items() if k not in fixed})
+    return planned.validate(), plan, artifacts
 
 
 def imagenet_weights_cached(encoder: str, cache_dir: str | None = None) -> bool:
