@@ -18,6 +18,7 @@ from pixelwise.training.plan import (
     BASE_LR,
     CROP_CANDIDATES,
     MAX_DEFAULT_MINUTES,
+    MIN_STEPS,
     SYMMETRY_TOLERANCE,
     TARGET_STEPS,
     THIN_WIDTH,
@@ -74,28 +75,58 @@ def test_rare_or_thin_rare_classes_change_the_loss():
     assert thin_common.options()["loss"] == "ce" and "class_weights" not in thin_common.options()
 
 
+def proportional(small_seconds: float, side: int = 512):
+    """A step timer whose step time grows with the pixels per step, from ``small_seconds`` at the smallest crop
+    (``side``: of the whole images, for ``crop=None``)."""
+    small = CROP_CANDIDATES[-1]
+    return lambda options: small_seconds * ((options["crop"] or side) / small) ** 2
+
+
 def test_the_budget_and_measured_step_time_choose_the_crop():
     budget = 10 * 60 * TRAIN_SHARE
     small = CROP_CANDIDATES[-1]
 
-    def ratio(crop):  # step time grows with the pixels per step
+    def ratio(crop):
         return (crop / small) ** 2
 
-    fast = {small: budget / (TARGET_STEPS * ratio(CROP_CANDIDATES[0]) * 1.1)}
-    assert make_plan(fingerprint(side=512), steps_of(fast)).options()["crop"] == CROP_CANDIDATES[0]
-    middle = {small: budget / (TARGET_STEPS * ratio(CROP_CANDIDATES[1]) * 1.01)}
-    options = make_plan(fingerprint(side=512), steps_of(middle)).options()
+    def plan(small_seconds: float, side: int = 512) -> dict:
+        context = PlanContext(budget_minutes=10, step_seconds=proportional(small_seconds, side))
+        return make_plan(fingerprint(side=side), context).options()
+
+    assert plan(budget / (TARGET_STEPS * ratio(CROP_CANDIDATES[0]) * 1.1))["crop"] == CROP_CANDIDATES[0]
+    middle = budget / (TARGET_STEPS * ratio(CROP_CANDIDATES[1]) * 1.01)
+    options = plan(middle)
     assert options["crop"] == CROP_CANDIDATES[1]
-    steps = int(budget / (middle[small] * ratio(CROP_CANDIDATES[1])))
+    steps = int(budget / (middle * ratio(CROP_CANDIDATES[1])))
     assert options["samples_per_epoch"] == steps // 20 * options["batch_size"]
     assert options["lr"] == pytest.approx(BASE_LR * math.sqrt(options["batch_size"]), rel=1e-2)
     assert options["ema_decay"] > 0 and len(options["augment"]) > 1  # thousands of steps: full augmentation
-    slow = make_plan(fingerprint(side=512), steps_of({small: budget / 100})).options()
-    assert slow["crop"] == small and slow["augment"] == ["light"]  # few steps: the group's flips only
-    assert "ema_decay" not in slow
+    # no candidate reaches TARGET_STEPS: the largest reaching MIN_STEPS (context over steps)
+    short = plan(budget / (MIN_STEPS * ratio(CROP_CANDIDATES[1]) * 1.01))
+    assert short["crop"] == CROP_CANDIDATES[1] and "ema_decay" not in short
+    slow = plan(budget / 100)  # not even MIN_STEPS: the smallest crop, flips only
+    assert slow["crop"] == small and slow["augment"] == ["light"]
     # whole images when they are no larger than the largest crop and all of one size
-    whole = make_plan(fingerprint(side=200), steps_of({small: 1e-4}))
-    assert whole.options()["crop"] is None
+    assert plan(1e-4, side=200)["crop"] is None
+
+
+def test_a_fixed_cost_per_step_is_measured_not_assumed_proportional():
+    """Two measured points: a step costing a fixed 0.3 s plus its pixels makes large crops relatively cheaper."""
+    small, large = CROP_CANDIDATES[-1], CROP_CANDIDATES[0]
+    per_pixel = 0.1 / small**2
+    seen = []
+
+    def timer(options):
+        seen.append(options["crop"])
+        return 0.3 + per_pixel * options["crop"] ** 2
+
+    budget = 10 * 60 * TRAIN_SHARE
+    middle = CROP_CANDIDATES[1]
+    minutes = 10 * TARGET_STEPS * (0.3 + per_pixel * middle**2) / budget * 1.01  # just enough for the middle crop
+    plan = make_plan(fingerprint(side=512), PlanContext(budget_minutes=minutes, step_seconds=timer))
+    assert sorted(seen) == [small, large]  # the two ends are measured, the middle interpolated
+    assert plan.options()["crop"] == middle
+    assert "fixed 0.30 s" in plan.choices[[c.option for c in plan.choices].index("crop")].reason
 
 
 def test_without_a_budget_the_plan_picks_one_from_the_data_size_and_step_time():
@@ -103,7 +134,7 @@ def test_without_a_budget_the_plan_picks_one_from_the_data_size_and_step_time():
 
     def unbudgeted(images: int, small_seconds: float = 0.05) -> dict:
         fp = dataclasses.replace(fingerprint(side=512), images=images)
-        context = PlanContext(budget_minutes=None, step_seconds=lambda options: {small: small_seconds}[options["crop"]])
+        context = PlanContext(budget_minutes=None, step_seconds=proportional(small_seconds))
         return make_plan(fp, context).options()
 
     large_seconds = 0.05 * (large / small) ** 2  # step time grows with the pixels per step
@@ -127,7 +158,7 @@ def test_user_options_are_kept_and_planned_around():
     context = PlanContext(budget_minutes=5, fixed={"encoder": "resnet34", "batch_size": 2}, step_seconds=step)
     plan = make_plan(fingerprint(side=512), context)
     assert "encoder" not in plan.options() and "batch_size" not in plan.options()
-    assert len(seen) == 1 and all(batch == 2 and encoder == "resnet34" for _, batch, encoder in seen)
+    assert len(seen) == 2 and all(batch == 2 and encoder == "resnet34" for _, batch, encoder in seen)
     assert plan.options()["lr"] == pytest.approx(BASE_LR * math.sqrt(2), rel=1e-2)
 
 

@@ -86,6 +86,11 @@ CROP_CANDIDATES = (256, 192, 128)
 """Training crop sides tried, largest (most context) first."""
 TARGET_STEPS = 2500
 """Optimiser steps a budget should buy: the largest candidate crop that reaches it is chosen."""
+MIN_STEPS = 500
+"""When no candidate reaches ``TARGET_STEPS``, the largest that still buys this many steps is chosen (else the
+smallest): context beats steps once there are a few hundred. Measured at equal time on a loaded 2-core CPU
+(docs/RESULTS.md): ISBI's 192² crops with 933 steps beat 128² crops with 1,533 (pixel error 0.0741 vs 0.0763),
+CamVid's whole half-resolution images with 380 steps beat 128² crops with 1,359 (mIoU 0.367 vs 0.337)."""
 STEPS_FOR_AUGMENTATION = 1000
 """Fewer planned steps get only the symmetry group's flips: at 40 × batch-4 steps on ISBI no augmentation beat
 light and strong augmentation (docs/RESULTS.md, the ``augmentation`` experiment); the recipes that gain from
@@ -398,9 +403,10 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
     """Crop (or whole images), epoch length, learning rate and EMA from the measured step time and the budget;
     also returns the steps the budget is expected to buy.
 
-    One step of the smallest candidate is measured (the cheapest, and every candidate's time follows from it:
-    a convolutional network's step time grows with the pixels per step); the largest candidate whose
-    estimated steps reach ``TARGET_STEPS`` is chosen, else the smallest.
+    Steps of the smallest and the largest candidate are measured, and the others' times interpolated: a step
+    costs a fixed part (the optimiser's pass over the weights, the framework) plus a part that grows with the
+    pixels (the convolutions). The largest candidate whose estimated steps reach ``TARGET_STEPS`` is chosen,
+    else the largest that reaches ``MIN_STEPS``, else the smallest.
     """
     scale = float(options.get("scale", 1.0))
     batch = int(options["batch_size"])
@@ -415,8 +421,7 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
         return float(crop * crop if crop else height * width)
 
     reference = candidates[-1]
-    measured = context.step_seconds({**options, "crop": reference}) if context.step_seconds else None
-    estimate = {c: measured * pixels(c) / pixels(reference) for c in candidates} if measured else {}
+    estimate, model = step_model(context, options, candidates, pixels)
     minutes, budget_choices = context.budget_minutes, []
     if minutes is None and estimate:
         minutes, reason = default_budget(
@@ -428,16 +433,14 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
         budget = max(minutes * 60 - context.spent_seconds, 0.0) * TRAIN_SHARE
     chosen = candidates[0] if budget is None or not estimate else reference
     if budget is not None and estimate:
-        chosen = next((c for c in candidates if budget / estimate[c] >= TARGET_STEPS), reference)
+        reaching = [c for floor in (TARGET_STEPS, MIN_STEPS) for c in candidates if budget / estimate[c] >= floor]
+        chosen = reaching[0] if reaching else reference
     steps = TARGET_STEPS if budget is None or not estimate else int(budget / estimate[chosen])
     what = "whole images" if chosen is None else f"{chosen}² crops"
     if estimate:
-        others = ", ".join(f"{c or 'whole'}: {estimate[c]:.2f} s" for c in candidates if c != reference)
         crop_reason = (
-            f"measured {measured:.2f} s per step at {reference or 'whole images'}"
-            + (f" (by pixels: {others})" if others else "")
-            + f"; {budget:.0f} s of training in the {minutes:g} min budget: {what} buy about "
-            f"{steps} steps (target {TARGET_STEPS})"
+            f"{model}; {budget:.0f} s of training in the {minutes:g} min budget: {what} buy about "
+            f"{steps} steps (the largest input reaching {TARGET_STEPS} steps, else {MIN_STEPS})"
             if budget is not None
             else f"no budget: {what}, {TARGET_STEPS} steps"
         )
@@ -473,6 +476,38 @@ def size_rule(fp: Fingerprint, context: PlanContext, options: dict[str, Any]) ->
     else:
         choices.append(Choice("epochs", EPOCHS_PER_BUDGET, f"no budget: {EPOCHS_PER_BUDGET} epochs"))
     return budget_choices + choices, steps
+
+
+def step_model(
+    context: PlanContext,
+    options: dict[str, Any],
+    candidates: list[int | None],
+    pixels: Callable[[int | None], float],
+) -> tuple[dict[int | None, float], str]:
+    """Estimated seconds per step of each candidate crop (None: whole images), and how they were found.
+
+    The smallest and the largest candidate are timed; a step is ``fixed + per_pixel × pixels`` through both
+    points (a single candidate: its own time). Empty without a step timer.
+    """
+    if context.step_seconds is None:
+        return {}, ""
+    small, large = candidates[-1], candidates[0]
+    t_small = context.step_seconds({**options, "crop": small})
+    if large == small:
+        return {small: t_small}, f"measured {t_small:.2f} s per step at {small or 'whole images'}"
+    t_large = context.step_seconds({**options, "crop": large})
+    per_pixel = max(t_large - t_small, 0.0) / (pixels(large) - pixels(small))
+    fixed = max(t_small - per_pixel * pixels(small), 0.0)
+    estimate = {c: fixed + per_pixel * pixels(c) for c in candidates}
+    estimate[small], estimate[large] = t_small, t_large
+    between = ", ".join(f"{c}: {estimate[c]:.2f} s" for c in candidates if c not in (small, large))
+    text = (
+        f"measured {t_small:.2f} s per step at {small or 'whole images'} and {t_large:.2f} s at "
+        f"{large or 'whole images'} (a fixed {fixed:.2f} s plus {per_pixel * 1e6:.2f} µs per pixel"
+        + (f"; {between}" if between else "")
+        + ")"
+    )
+    return estimate, text
 
 
 def default_budget(
