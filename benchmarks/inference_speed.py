@@ -1,10 +1,12 @@
 """CPU inference speed of U-Net (ResNet-34, 2 classes): segmentation_models_pytorch against pixelwise's paths.
 
-Rows: (a) ``smp.Unet("resnet34")`` eager fp32 under ``torch.inference_mode`` (the reference); (b) pixelwise's
-Unet with the same weights (copied from the SMP model), eager fp32; (c) exact fp32 paths: BatchNorm folded +
-channels-last, the same plus ``torch.compile`` with inductor freezing (compile time reported separately), ONNX
-Runtime fp32; (d) reduced precision: bf16 autocast (folded, channels-last) and ONNX Runtime int8 (static QDQ,
-uint8 activations × int8 weights, calibrated on random inputs for speed).
+Rows: (a) ``smp.Unet("resnet34")`` eager fp32 under ``torch.inference_mode`` (the reference); (b) pixelwise's Unet
+with the same weights (copied from the SMP model), eager fp32; (c) exact fp32 paths: BatchNorm folded + channels-
+last, the same plus ``torch.compile`` with inductor freezing (compile time reported separately), ONNX Runtime fp32,
+and the Predictor's default (folded, channels-last, each convolution fused with the activation after it by
+:func:`pixelwise.inference.fuse_activation.fuse_conv_activations`); (d) reduced precision: bf16 autocast (folded,
+channels-last) and ONNX Runtime int8 (static QDQ, uint8 activations × int8 weights, calibrated on random inputs for
+speed).
 
 All run in one process on one input, round-robin (each repeat times every contestant once), after warm-up.
 Columns: median ms per image, images/s, speed relative to SMP, max abs difference to pixelwise's fp32 eager
@@ -28,6 +30,7 @@ segmentation_models_pytorch and onnxruntime are test / export extras (``pip inst
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -41,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import pixelwise
 from pixelwise.inference.export import export_onnx, quantize_int8
 from pixelwise.inference.fuse import fold_batchnorm
+from pixelwise.inference.fuse_activation import fuse_conv_activations
 from pixelwise.inference.onnx_runtime import OnnxModel
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -91,12 +95,15 @@ def speed(args: argparse.Namespace, folder: Path) -> None:
     flops = counter.get_total_flops()
 
     folded = fold_batchnorm(model, x).to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(folded)
+    pairs = fuse_conv_activations(fused, x)
     contestants: dict[str, Forward] = {
         "(a) SMP eager fp32": reference,
         "(b) pixelwise eager fp32": model,
         "(c) pixelwise BN-folded channels-last fp32": folded,
+        "(c) + conv/activation fused (the Predictor default)": fused,
     }
-    notes = []
+    notes = [f"conv + activation pairs fused: {pairs}"]
     if not args.skip_compile:
         # freezing: weights become constants, so inductor folds them and uses oneDNN's prepacked
         # convolutions (measured here: 1.45× SMP with freezing, 1.17× without)

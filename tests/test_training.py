@@ -498,3 +498,25 @@ def test_file_selections_parse_from_the_command_line(text, expected):
     args = parser.parse_args(["--train-files", text, "--val-files", text])
     assert args.train_files == expected
     assert args.val_files == expected
+
+
+def test_adamw_runs_fused_and_matches_the_loop_implementation():
+    from pixelwise.training.task import make_optimizer
+
+    torch.manual_seed(0)
+    model = pixelwise.create_model("unet", encoder_name="resnet18", classes=2, decoder_channels=[16, 8, 8, 8, 8])
+    reference = pixelwise.create_model("unet", encoder_name="resnet18", classes=2, decoder_channels=[16, 8, 8, 8, 8])
+    reference.load_state_dict(model.state_dict())
+    config = TrainConfig(data="-", lr=1e-2, weight_decay=1e-2)
+    fused = make_optimizer(list(model.parameters()), config)
+    assert fused.defaults["fused"]
+    loop = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=1e-2, foreach=False)
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 2, (2, 64, 64))
+    for _ in range(3):
+        for net, optimizer in ((model, fused), (reference, loop)):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    assert not make_optimizer(list(model.parameters()), TrainConfig(data="-", optimizer="sgd")).defaults.get("fused")

@@ -26,6 +26,7 @@ from torch import nn
 from pixelwise.bundle import ModelBundle
 from pixelwise.errors import ConfigError
 from pixelwise.inference.fuse import fold_batchnorm
+from pixelwise.inference.fuse_activation import fuse_conv_activations
 from pixelwise.inference.loaded import LoadedModel, load_model
 from pixelwise.models.base import segmentation_output
 from pixelwise.models.geometry import ValidGeometry, uses_valid_convolution
@@ -170,8 +171,13 @@ def prepare(
     channels_last: bool,
     compile: bool,
     temp: tempfile.TemporaryDirectory | None,
+    fuse_activations: bool = True,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The forward function ``[N, C, h, w]`` (normalised) → logits (valid-conv models: their ``forward_valid``)."""
+    """The forward function ``[N, C, h, w]`` (normalised) → logits (valid-conv models: their ``forward_valid``).
+
+    ``fuse_activations``: on the CPU in fp32 (not compiled: inductor fuses by itself), each convolution runs
+    with the activation after it as one oneDNN kernel (:func:`fuse_conv_activations`).
+    """
     module = resolved.module
     if backend == "onnxruntime":
         return _prepare_onnx(resolved, precision, in_channels, temp)
@@ -184,6 +190,10 @@ def prepare(
     module = _strip_activation(module).to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
+    if fuse_activations and device.type == "cpu" and precision == "fp32" and not compile:
+        example = _example(module, in_channels)
+        if example is not None:
+            fuse_conv_activations(module, example)
     forward = module.forward_valid if uses_valid_convolution(module) else _masks_of(module)
     return torch.compile(forward) if compile else forward
 

@@ -135,6 +135,9 @@ class RuntimeOptions:
             :class:`torch.device` once checked.
         compile: run the model through ``torch.compile``.
         fold_bn: merge BatchNorm into the convolutions before it (:func:`fold_batchnorm`).
+        fuse_activations: on the CPU in fp32, run each convolution with the ReLU/ReLU6/SiLU after it as one
+            oneDNN kernel (:func:`~pixelwise.inference.fuse_activation.fuse_conv_activations`; the same
+            output, one pass less over each feature map).
         channels_last: NHWC memory layout for torch modules (default on: about 10 % faster for a
             ResNet-34 U-Net on a 2-core CPU; turn it off if a model runs slower so).
 
@@ -148,6 +151,7 @@ class RuntimeOptions:
     compile: bool = False
     fold_bn: bool = True
     channels_last: bool = True
+    fuse_activations: bool = True
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, backends.BACKENDS)
@@ -299,6 +303,7 @@ class Predictor:
             self.channels_last,
             runtime.compile,
             self._temp,
+            fuse_activations=runtime.fuse_activations,
         )
         fill = None
         if self._mean is not None and tiling.padding_mode == "constant":

@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
 from pixelwise.errors import ConfigError
@@ -246,13 +247,10 @@ class SegmentationTask(L.LightningModule):
     # -- optimiser and schedule ------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.config
+        # Lightning's mixed-precision plugin refuses gradient clipping with a fused optimiser (it unscales inside)
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
         parameters = [p for p in self.parameters() if p.requires_grad]
-        if config.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-            )
-        else:
-            optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = make_optimizer(parameters, config, fused=not (mixed and config.gradient_clip))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if config.scheduler == "onecycle":
             schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
@@ -291,3 +289,23 @@ class LRFactor:
         if self.schedule == "poly":
             return (1 - progress) ** POLY_POWER
         return 1.0
+
+
+FUSED_DEVICES = ("cpu", "cuda")
+"""Devices with torch's fused AdamW kernel: one pass over each parameter instead of a dozen elementwise ops."""
+
+
+def make_optimizer(
+    parameters: list[torch.nn.Parameter], config: TrainConfig, fused: bool = True
+) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names over ``parameters`` (already on their device).
+
+    AdamW runs fused (``fused``, where the kernel exists): the same update (to float rounding) as the loop
+    implementation, in one kernel per parameter (``benchmarks/train_step.py`` times it).
+    """
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    fused = (
+        fused and bool(parameters) and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in parameters)
+    )
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
