@@ -98,7 +98,7 @@ def test_the_budget_and_measured_step_time_choose_the_crop():
     options = plan(middle)
     assert options["crop"] == CROP_CANDIDATES[1]
     steps = int(budget / (middle * ratio(CROP_CANDIDATES[1])))
-    assert options["samples_per_epoch"] == steps // 20 * options["batch_size"]
+    assert options["samples_per_epoch"] == steps // 10 * options["batch_size"]  # ten epochs per budget
     assert options["lr"] == pytest.approx(BASE_LR * math.sqrt(options["batch_size"]), rel=1e-2)
     assert options["ema_decay"] > 0 and len(options["augment"]) > 1  # thousands of steps: full augmentation
     # no candidate reaches TARGET_STEPS: the largest reaching MIN_STEPS (context over steps)
