@@ -64,10 +64,7 @@ class ConvActivation(nn.Module):
             x,
             conv.weight,
             conv.bias,
-            list(conv.padding),
-            list(conv.stride),
-            list(conv.dilation),
-            conv.groups,
+            *_geometry(conv),
             self.attr,
             self.scalars,
             "",
@@ -107,16 +104,18 @@ class FusedBasicBlock(nn.Module):
             shortcut.contiguous(memory_format=layout),
             conv.weight,
             conv.bias,
-            list(conv.padding),
-            list(conv.stride),
-            list(conv.dilation),
-            conv.groups,
+            *_geometry(conv),
             "add",
             1.0,
             "relu",
             [],
             "",
         )
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
+    """``padding, stride, dilation, groups`` as oneDNN's fused convolution operators take them."""
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
 
 
 def _fused_path(x: torch.Tensor, conv: nn.Conv2d) -> bool:
