@@ -3,10 +3,11 @@
 Rows: (a) ``smp.Unet("resnet34")`` eager fp32 under ``torch.inference_mode`` (the reference); (b) pixelwise's Unet
 with the same weights (copied from the SMP model), eager fp32; (c) exact fp32 paths: BatchNorm folded + channels-
 last, the same plus ``torch.compile`` with inductor freezing (compile time reported separately), ONNX Runtime fp32,
-and the Predictor's default (folded, channels-last, each convolution fused with the activation after it by
+and the Predictor's eager path (folded, channels-last, each convolution fused with the activation after it by
 :func:`pixelwise.inference.fuse_activation.fuse_conv_activations`); (d) reduced precision: bf16 autocast (folded,
 channels-last) and ONNX Runtime int8 (static QDQ, uint8 activations × int8 weights, calibrated on random inputs for
-speed).
+speed); (e) whole ``Predictor.predict`` calls (image in, probabilities out): the default ``backend="auto"``, timed
+after its switch to ONNX Runtime (the calls and seconds until the switch are printed), and ``backend="torch"``.
 
 All run in one process on one input, round-robin (each repeat times every contestant once), after warm-up.
 Columns: median ms per image, images/s, speed relative to SMP, max abs difference to pixelwise's fp32 eager
@@ -46,8 +47,11 @@ from pixelwise.inference.export import export_onnx, quantize_int8
 from pixelwise.inference.fuse import fold_batchnorm
 from pixelwise.inference.fuse_activation import fuse_conv_activations
 from pixelwise.inference.onnx_runtime import OnnxModel
+from pixelwise.inference.predictor import NormalizationOptions, Predictor, RuntimeOptions
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+MAX_SWITCH_CALLS = 64
+"""Calls allowed for the default Predictor to reach its switch to ONNX Runtime (8 at 512²)."""
 
 
 def build_models(classes: int = 2) -> tuple[torch.nn.Module, pixelwise.SegmentationModel]:
@@ -101,7 +105,7 @@ def speed(args: argparse.Namespace, folder: Path) -> None:
         "(a) SMP eager fp32": reference,
         "(b) pixelwise eager fp32": model,
         "(c) pixelwise BN-folded channels-last fp32": folded,
-        "(c) + conv/activation fused (the Predictor default)": fused,
+        "(c) + conv/activation fused (the Predictor's eager path)": fused,
     }
     notes = [f"conv + activation pairs fused: {pairs}"]
     if not args.skip_compile:
@@ -130,14 +134,17 @@ def speed(args: argparse.Namespace, folder: Path) -> None:
     with torch.inference_mode():
         expected = model(x)
         diffs = {name: (f(x).float() - expected).abs().max().item() for name, f in contestants.items()}
+    predictors, note = predictor_contestants(model, x)
+    contestants.update(predictors)
+    notes.append(note)
     largest = expected.abs().max().item()
     medians = median_times(contestants, x, args.repeats, args.warmup)
     base = medians["(a) SMP eager fp32"]
     rows = []
     for name, t in medians.items():
-        diff = diffs[name]
-        relative = f"{diff / largest:.1e}"
-        rows.append([name, f"{t * 1e3:.1f}", f"{1 / t:.2f}", f"{base / t:.2f}×", f"{diff:.1e}", relative])
+        diff = diffs.get(name)
+        shown = ("-", "-") if diff is None else (f"{diff:.1e}", f"{diff / largest:.1e}")
+        rows.append([name, f"{t * 1e3:.1f}", f"{1 / t:.2f}", f"{base / t:.2f}×", *shown])
         rows[-1].append(f"{flops / t / 1e9:.0f}")
     header = ["path", "ms/image", "images/s", "vs SMP", "max |Δ| vs pw fp32", "÷ max |logit|", "GFLOP/s"]
     print(f"\n1×3×{args.size}×{args.size}, {torch.get_num_threads()} threads, {args.repeats} repeats (median); "
@@ -145,6 +152,34 @@ def speed(args: argparse.Namespace, folder: Path) -> None:
           f"{torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
     print(table(rows, header))
     print("\n".join(notes))
+
+
+def predictor_contestants(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict[str, Forward], str]:
+    """Whole ``Predictor.predict`` calls (normalised image in, softmax probabilities out: more work than the
+    forward rows): the default (``backend="auto"``, timed after its switch to ONNX Runtime) and torch only.
+
+    Returns the contestants (each ignores its argument and predicts ``x`` as an ``[H, W, C]`` image) and a
+    note with the calls and seconds the switch took and the largest probability difference between the two.
+    """
+    image = x[0].permute(1, 2, 0).numpy()
+    identity = NormalizationOptions(mean=[0.0] * 3, std=[1.0] * 3)
+    default = Predictor(copy.deepcopy(model), normalization=identity)
+    torch_only = Predictor(copy.deepcopy(model), normalization=identity, runtime=RuntimeOptions(backend="torch"))
+    start, calls = time.perf_counter(), 0
+    while default.backend != "onnxruntime" and calls < MAX_SWITCH_CALLS:
+        default.predict(image)
+        calls += 1
+    seconds = time.perf_counter() - start
+    difference = float(abs(default.predict(image) - torch_only.predict(image)).max())
+    note = (
+        f"Predictor default: {default.backend_note}; {calls} calls and {seconds:.1f} s until then; "
+        f"largest probability difference to backend='torch' {difference:.1e}"
+    )
+    contestants: dict[str, Forward] = {
+        "(e) Predictor().predict, default (auto → ORT)": lambda _: default.predict(image),
+        "(e) Predictor(backend='torch').predict": lambda _: torch_only.predict(image),
+    }
+    return contestants, note
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -101,7 +101,7 @@ def test_the_default_predictor_fuses_and_gives_the_unfused_probabilities():
     normalization = NormalizationOptions(mean=[0.5] * 3, std=[0.25] * 3)
     fast = Predictor(model, normalization=normalization)
     plain = Predictor(model, normalization=normalization, runtime=RuntimeOptions(fuse_activations=False))
-    fused = list(fast._forward.modules())
+    fused = list(fast._forward.module.modules())  # the eager module behind the default ("auto") backend
     assert sum(isinstance(m, ConvActivation) for m in fused) > 0
     assert sum(isinstance(m, FusedBasicBlock) for m in fused) == 8  # ResNet-18: 2 + 2 + 2 + 2 basic blocks
     assert not any(isinstance(m, ConvActivation) for m in model.modules())  # the caller's model is untouched

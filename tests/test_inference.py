@@ -191,7 +191,7 @@ def test_channel_mismatch_and_bad_options_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'gaussian'"):
         Predictor(model, tiling=TilingOptions(blend="gausian"))
     with pytest.raises(ConfigError, match="backend='onnxruntime'"):
-        Predictor(model, runtime=RuntimeOptions(precision="int8"))
+        Predictor(model, runtime=RuntimeOptions(backend="torch", precision="int8"))
     with pytest.raises(ConfigError, match="overlap"):
         Predictor(model, tiling=TilingOptions(overlap=1.0))
     with pytest.raises(ConfigError, match="margin"):

@@ -67,7 +67,12 @@ def add_parser(commands: Any) -> None:
     )
     add_postprocess_arguments(predict)
     backend, precision = DEFAULT_BACKEND, DEFAULT_PRECISION
-    predict.add_argument("--backend", default=backend, help=f"torch or onnxruntime (default {backend})")
+    predict.add_argument(
+        "--backend",
+        default=backend,
+        help=f"auto, torch or onnxruntime (default {backend}: PyTorch, moving to "
+        "ONNX Runtime on the CPU once 2 Mpx are predicted and its output matches to 1e-4)",
+    )
     predict.add_argument("--precision", default=precision, help="fp32, bf16 or int8 (int8: onnxruntime)")
     _tiling.add_device_argument(predict)
     predict.add_argument(
@@ -121,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if not model.exists():
         raise ConfigError(
             f"--model {args.model!r} does not exist; pass a run directory (runs/<name> from `pixelwise train`), "
-            "a folder written by model.save_pretrained(), or an .onnx file with --backend onnxruntime."
+            "a folder written by model.save_pretrained(), or an .onnx file."
         )
     inputs, unreadable = collect_inputs(args.inputs)
     out = prepare_out(args.out, inputs)
@@ -138,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         from pixelwise.io import remove_stale_temporaries
 
         removed = len(remove_stale_temporaries(out))
-        report = predict_folder(make_predictor(args.device), inputs, out, **_one_process(options))
+        predictor = make_predictor(args.device)
+        report = predict_folder(predictor, inputs, out, **_one_process(options))
+        print(f"engine: {predictor.backend_note}")
     if removed:
         print(f"removed {removed} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
     failures = [*unreadable, *report.failures]

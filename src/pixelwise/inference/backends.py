@@ -25,13 +25,16 @@ from torch import nn
 
 from pixelwise.bundle import ModelBundle
 from pixelwise.errors import ConfigError
+from pixelwise.inference.auto_backend import SwitchingForward
 from pixelwise.inference.fuse import fold_batchnorm
 from pixelwise.inference.fuse_activation import fuse_conv_activations
 from pixelwise.inference.loaded import LoadedModel, load_model
 from pixelwise.models.base import segmentation_output
 from pixelwise.models.geometry import ValidGeometry, uses_valid_convolution
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
+"""``auto``: ONNX Runtime for ``.onnx`` files and int8; else torch, switching to ONNX Runtime on the CPU in fp32
+once a job is long enough to repay the export (:mod:`~pixelwise.inference.auto_backend`)."""
 FOLD_EXAMPLE_SIZE = 64
 """Side of the random example input used to check BatchNorm folding (any valid size works)."""
 
@@ -54,6 +57,15 @@ class ResolvedModel:
     """``[dy, dx]``: images are shifted by this before the network (``TrainConfig.mask_offset``)."""
     tta: str | None = None
     """The test-time augmentation stored with the model (``TrainConfig.tta``), None: none stored."""
+
+
+def engine(backend: str, model: Any, precision: str) -> str:
+    """What runs the model first: ``backend`` itself, or for ``"auto"`` ONNX Runtime for an ``.onnx`` file or
+    int8 and torch otherwise (which :func:`prepare` may switch to ONNX Runtime later)."""
+    if backend != "auto":
+        return backend
+    is_onnx = isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".onnx"
+    return "onnxruntime" if is_onnx or precision == "int8" else "torch"
 
 
 def resolve(model: Any, backend: str, precision: str) -> ResolvedModel:
@@ -172,11 +184,14 @@ def prepare(
     compile: bool,
     temp: tempfile.TemporaryDirectory | None,
     fuse_activations: bool = True,
+    switch: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward function ``[N, C, h, w]`` (normalised) → logits (valid-conv models: their ``forward_valid``).
 
     ``fuse_activations``: on the CPU in fp32 (not compiled: inductor fuses by itself), each convolution runs
     with the activation after it as one oneDNN kernel (:func:`fuse_conv_activations`).
+    ``switch`` (backend ``"auto"``): on the CPU in fp32, not compiled, a
+    :class:`~pixelwise.inference.auto_backend.SwitchingForward` that moves to ONNX Runtime once the job is long.
     """
     module = resolved.module
     if backend == "onnxruntime":
@@ -195,7 +210,11 @@ def prepare(
         if example is not None:
             fuse_conv_activations(module, example)
     forward = module.forward_valid if uses_valid_convolution(module) else _masks_of(module)
-    return torch.compile(forward) if compile else forward
+    if compile:
+        return torch.compile(forward)
+    if switch and device.type == "cpu" and precision == "fp32":
+        return SwitchingForward(module, forward, in_channels)
+    return forward
 
 
 def _masks_of(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -122,8 +122,10 @@ def reference(model: nn.Module, info: dict[str, Any], x: torch.Tensor, raw: bool
     mean, std = torch.tensor(info["mean"]).view(shape), torch.tensor(info["std"]).view(shape)
     offset = tuple(info["mask_offset"])
     loaded = LoadedModel(model, mean, std, ClassInfo.default(1), None, info["scale"], mask_offset=offset)
-    # unfolded, NCHW and on the CPU: the plain eager computation the export must reproduce
-    predictor = Predictor(loaded, runtime=RuntimeOptions(device="cpu", fold_bn=False, channels_last=False))
+    # unfolded, NCHW, on the CPU and torch only (never switching to the graph under test): the plain eager
+    # computation the export must reproduce
+    runtime = RuntimeOptions(backend="torch", device="cpu", fold_bn=False, channels_last=False)
+    predictor = Predictor(loaded, runtime=runtime)
     probabilities = torch.stack([torch.from_numpy(predictor.predict(image.float() / UINT8_MAX)) for image in x])
     if probabilities.shape[1] == 1:
         return torch.logit(probabilities, eps=1e-7)

@@ -119,12 +119,14 @@ def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
 
 
 def _fused_path(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """float32 CPU inference: where oneDNN's fused kernels apply (autograd and autocast run the modules)."""
+    """float32 CPU inference: where oneDNN's fused kernels apply (autograd, autocast and tracing for an
+    ONNX export run the modules)."""
     return (
         x.device.type == "cpu"
         and x.dtype == conv.weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
     )
 
 

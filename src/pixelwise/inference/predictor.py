@@ -74,8 +74,9 @@ DEFAULT_BATCH_SIZE = 2
 peak memory (docs/RESULTS.md); raise it on a GPU."""
 DEFAULT_PADDING_MODE = "reflect"
 """Where tiles reach beyond the image: mirror it, as the U-Net paper does."""
-DEFAULT_BACKEND = "torch"
-"""Which runtime executes the model (one of ``backends.BACKENDS``)."""
+DEFAULT_BACKEND = "auto"
+"""Which runtime executes the model (one of ``backends.BACKENDS``): ``auto`` starts with PyTorch and moves to
+ONNX Runtime on the CPU once a job has predicted ``auto_backend.SWITCH_PIXELS`` pixels."""
 DEFAULT_PRECISION = "fp32"
 """Numeric precision of the forward pass (one of ``PRECISIONS``)."""
 
@@ -129,7 +130,12 @@ class RuntimeOptions:
     """How and where the model runs.
 
     Args:
-        backend: ``"torch"`` or ``"onnxruntime"`` (torch models are exported to a temporary file).
+        backend: ``"auto"`` (default): ONNX Runtime for an ``.onnx`` file or int8; otherwise PyTorch, which on
+            the CPU in fp32 (not compiled) hands over to ONNX Runtime, when installed, once the predictor has
+            run 2 Mpx (:data:`~pixelwise.inference.auto_backend.SWITCH_PIXELS`, about the export's cost) and
+            the exported graph matches PyTorch to 1e-4 (:mod:`~pixelwise.inference.auto_backend`);
+            ``"torch"``: PyTorch only (outputs identical from the first call to the last);
+            ``"onnxruntime"``: ONNX Runtime from the start (torch models are exported to a temporary file).
         precision: ``"fp32"``; ``"bf16"`` (torch autocast); ``"int8"`` (quantized ONNX model).
         device: torch device; default (None) CUDA when available for modules, else CPU. Stored as a
             :class:`torch.device` once checked.
@@ -217,7 +223,7 @@ class Predictor:
     Args:
         model: a module or any callable mapping float ``[N, C, H, W]`` to logits ``[N, K, H, W]``;
             a :class:`~pixelwise.evaluate.LoadedModel`; a run / ``save_pretrained`` directory (its
-            mean, std, scale and classes are used); or an ``.onnx`` file (with ``backend="onnxruntime"``).
+            mean, std, scale and classes are used); or an ``.onnx`` file (run by ONNX Runtime).
         tiling: tile size, overlap, blending, batching and padding (:class:`TilingOptions`);
             default: whole images at once.
         runtime: backend, precision, device, compilation and layout (:class:`RuntimeOptions`).
@@ -270,7 +276,9 @@ class Predictor:
         self.tiling, self.runtime = tiling, runtime
         self.tta_scales = check_tta_scales(tta_scales)
         self.tile_size, self.overlap, self.margin = tiling.tile_size, tiling.overlap, tiling.margin
-        backend, precision = runtime.backend, runtime.precision
+        precision = runtime.precision
+        backend = backends.engine(runtime.backend, model, precision)
+        self._engine = backend
         self._temp = tempfile.TemporaryDirectory(prefix="pixelwise-onnx-") if backend == "onnxruntime" else None
         loaded = backends.resolve(model, backend, precision)
         self.tta: str | None = _chosen_tta(tta, loaded.tta)
@@ -304,6 +312,7 @@ class Predictor:
             runtime.compile,
             self._temp,
             fuse_activations=runtime.fuse_activations,
+            switch=runtime.backend == "auto",
         )
         fill = None
         if self._mean is not None and tiling.padding_mode == "constant":
@@ -312,6 +321,17 @@ class Predictor:
             tiling.blend, self.margin, tiling.batch_size, tiling.padding_mode, fill, self.device, bool(progress)
         )
         """The stitching settings derived from ``tiling`` (read them; :meth:`with_progress` gives a changed copy)."""
+
+    @property
+    def backend(self) -> str:
+        """What runs the next forward pass: ``"torch"`` or ``"onnxruntime"`` (``"auto"`` may switch, see
+        :attr:`backend_note`)."""
+        return getattr(self._forward, "backend", self._engine)
+
+    @property
+    def backend_note(self) -> str:
+        """Why :attr:`backend` is what it is: for ``"auto"``, the switch and its checked difference, or why not."""
+        return getattr(self._forward, "note", f"{self.backend}, as asked")
 
     def with_progress(self, progress: bool = True) -> Predictor:
         """A copy of this predictor that shows (or hides) a progress bar over tiles; this one is unchanged.
