@@ -77,6 +77,27 @@ class _Accumulator:
         return finished
 
 
+def _one_tile(
+    tile_fn: TileFn, source: RowSource, plan_y: AxisPlan, plan_x: AxisPlan, options: StitchOptions
+) -> tuple[int, np.ndarray]:
+    """``(row0, scores)`` of an image that one tile covers: the tile's own scores, cropped.
+
+    Blending one tile multiplies its scores by the window and divides by the same window (all weights are
+    positive), so this is the blended result without the accumulator (about 25 ms less for 2 classes at
+    512² on a 2-core CPU, measured with cProfile), and without its rounding.
+    """
+    x_lo, x_hi = plan_x.input_span
+    y_in = plan_y.starts[0] - plan_y.context
+    band = read_window(source, y_in, y_in + plan_y.tile_in, x_lo, x_hi, options.padding_mode, options.fill)
+    offset = plan_x.starts[0] - plan_x.context - x_lo
+    with torch.inference_mode():
+        tile = torch.from_numpy(band).to(options.device)[None, :, :, offset : offset + plan_x.tile_in]
+        scores = tile_fn(tile).float()[0]
+    lo, hi, dy = _clip(plan_y, 0)
+    left, right, dx = _clip(plan_x, 0)
+    return lo, scores[:, dy : dy + hi - lo, dx : dx + right - left].cpu().numpy()
+
+
 def iter_bands(
     tile_fn: TileFn, source: RowSource, plan_y: AxisPlan, plan_x: AxisPlan, options: StitchOptions
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -87,6 +108,9 @@ def iter_bands(
     Shape: ``scores`` is ``float32 [K, rows, W]`` (NumPy, on the CPU) for image rows
     ``row0 ≤ y < row0 + rows``; the bands tile the image's ``H`` rows exactly.
     """
+    if len(plan_y.starts) == 1 and len(plan_x.starts) == 1:
+        yield _one_tile(tile_fn, source, plan_y, plan_x, options)
+        return
     device = options.device
     window = blend_window((plan_y.tile_out, plan_x.tile_out), options.blend).to(device)
     x_lo, x_hi = plan_x.input_span
