@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch._inductor import config as inductor_config
 from torch.utils.flop_counter import FlopCounterMode
@@ -134,7 +135,7 @@ def speed(args: argparse.Namespace, folder: Path) -> None:
     with torch.inference_mode():
         expected = model(x)
         diffs = {name: (f(x).float() - expected).abs().max().item() for name, f in contestants.items()}
-    predictors, note = predictor_contestants(model, x)
+    predictors, note = predictor_contestants(reference, model, x)
     contestants.update(predictors)
     notes.append(note)
     largest = expected.abs().max().item()
@@ -154,9 +155,12 @@ def speed(args: argparse.Namespace, folder: Path) -> None:
     print("\n".join(notes))
 
 
-def predictor_contestants(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict[str, Forward], str]:
-    """Whole ``Predictor.predict`` calls (normalised image in, softmax probabilities out: more work than the
-    forward rows): the default (``backend="auto"``, timed after its switch to ONNX Runtime) and torch only.
+def predictor_contestants(
+    reference: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor
+) -> tuple[dict[str, Forward], str]:
+    """Whole ``Predictor.predict`` calls (``[H, W, C]`` image in, softmax probabilities out as NumPy: more work
+    than the forward rows): the default (``backend="auto"``, timed after its switch to ONNX Runtime) and torch
+    only, beside the same work done around SMP's model by hand (image → tensor → model → softmax → NumPy).
 
     Returns the contestants (each ignores its argument and predicts ``x`` as an ``[H, W, C]`` image) and a
     note with the calls and seconds the switch took and the largest probability difference between the two.
@@ -175,7 +179,14 @@ def predictor_contestants(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict
         f"Predictor default: {default.backend_note}; {calls} calls and {seconds:.1f} s until then; "
         f"largest probability difference to backend='torch' {difference:.1e}"
     )
+
+    def smp_predict(_: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            tensor = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()
+            return reference(tensor).softmax(1)[0].numpy()
+
     contestants: dict[str, Forward] = {
+        "(e) SMP by hand: image → model → softmax → NumPy": smp_predict,
         "(e) Predictor().predict, default (auto → ORT)": lambda _: default.predict(image),
         "(e) Predictor(backend='torch').predict": lambda _: torch_only.predict(image),
     }

@@ -370,7 +370,7 @@ class Predictor:
         # before the flips of TTA: the offset lives in the image's own frame
         tiles = shift_image(tiles, self.mask_offset)
         x = tiles if self._mean is None else (tiles - self._mean) / self._std
-        if self.channels_last:
+        if self.channels_last and self.backend == "torch":  # ONNX Runtime takes NCHW (it would copy back)
             x = x.contiguous(memory_format=torch.channels_last)
         return multiscale_average(self._probabilities, x, self.tta_scales, self.tta)
 
