@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out(args.out, inputs)
     options = _folder_options(args, model)
     make_predictor = functools.partial(_build_predictor, args, model)
+    engine = ""  # which engine ran the network: one line for one process (each process of a distributed run chose)
     if is_distributed(args.devices, args.num_nodes):
         report = predict_folder_distributed(
             make_predictor, inputs, out, devices=args.devices, num_nodes=args.num_nodes, device=args.device, **options
@@ -145,13 +146,15 @@ def run(args: argparse.Namespace) -> int:
         removed = len(remove_stale_temporaries(out))
         predictor = make_predictor(args.device)
         report = predict_folder(predictor, inputs, out, **_one_process(options))
-        print(f"engine: {predictor.backend_note}")
+        engine = f"engine: {predictor.backend_note}"
     if removed:
         print(f"removed {removed} stale temporary file(s) of interrupted runs from {out}", file=sys.stderr)
     failures = [*unreadable, *report.failures]
     total = len(inputs) + len(unreadable)
     skipped = f"; skipped {report.skipped} with all outputs present" if args.skip_existing else ""
     print(f"predicted {report.predicted} of {total} images into {out} ({report.written} files){skipped}")
+    if engine:
+        print(engine)
     return report_failures(failures)
 
 
