@@ -1,15 +1,15 @@
 """The default backend, ``"auto"``: eager PyTorch first, ONNX Runtime once the job has shown it is long.
 
-On a CPU in fp32, ONNX Runtime ran U-Net-ResNet34 at 512² 1.26× faster than pixelwise's best eager path
-(folded BatchNorm, channels-last, fused activations), and five registered models (U-Net over ResNet-18/34/50,
-FPN-EfficientNet-B0, SegFormer-B0) 1.07-1.55× faster than folded eager PyTorch. Getting there costs a switch:
-2.4-5 s on a 2-core CPU (import onnx, trace, write, verify at another size and batch, open a session;
-docs/RESULTS.md). Paying it for one small image would make the default slower, so the choice is made the way
-a ski-rental problem is solved: run eagerly until the job has spent about what the switch costs, then
-switch. A job never takes much more than twice as long as the better choice in hindsight, and a long job
-(a folder, a large image in tiles, a server answering requests) runs on the faster engine. The price is
-memory: ONNX Runtime holds its own copy of the weights and of the activations (streaming a 64 Mpx image
-peaked at 1.66-1.73 GB instead of 1.47 GB); ``backend="torch"`` keeps the smaller footprint.
+On a CPU in fp32, ONNX Runtime ran U-Net-ResNet34 at 512² 1.13-1.26× faster than pixelwise's best eager path
+(folded BatchNorm, channels-last, fused activations; two runs), and five registered models (U-Net over
+ResNet-18/34/50, FPN-EfficientNet-B0, SegFormer-B0) 1.07-1.55× faster than folded eager PyTorch. Getting there
+costs a switch: about 2.5-3 s on a 2-core CPU (import onnx, trace, write, verify at another size and batch, open
+a session; docs/RESULTS.md). Paying it for one small image would make the default slower, so the choice is made
+the way a ski-rental problem is solved: run eagerly until the job has spent about what the switch costs, then
+switch. A job never takes much more than twice as long as the better choice in hindsight, and a long job (a
+folder, a large image in tiles, a server answering requests) runs on the faster engine. The price is memory:
+ONNX Runtime holds its own copy of the weights and of the activations (streaming a 64 Mpx image peaked at
+1.66 GB instead of 1.47 GB); ``backend="torch"`` keeps the smaller footprint.
 
 The amount is counted in pixels, not seconds (:data:`SWITCH_PIXELS`), so that when the switch happens
 does not depend on the machine's load: the same inputs give the same outputs on every run.
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 SWITCH_PIXELS = 2**21
 """Pixels (batch × height × width) run eagerly before the switch: 8 inputs of 512², 32 of 256². For a
-ResNet-34 U-Net on a 2-core CPU their eager time (8 × 0.33 s) is about what the switch costs (2.4-5 s:
+ResNet-34 U-Net on a 2-core CPU their eager time (8 × 0.27-0.33 s) is about what the switch costs (2.5-3 s:
 importing onnx, tracing, checking at another size, opening the session)."""
 SWITCH_TOLERANCE = 1e-4
 """Largest accepted difference between ONNX Runtime's and eager PyTorch's logits on the switching batch,
