@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import pickle
 
 import numpy as np
 import pytest
@@ -124,3 +126,16 @@ def test_auto_runs_an_onnx_file_without_naming_the_backend(tmp_path):
     image = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)
     reference = Predictor(model, runtime=RuntimeOptions(backend="torch")).predict(image)
     np.testing.assert_allclose(predictor.predict(image), reference, atol=1e-5)
+
+
+def test_a_switched_predictor_copies_and_pickles_and_the_copy_switches_again(monkeypatch):
+    monkeypatch.setattr(auto_backend, "SWITCH_PIXELS", 32 * 32)
+    model = small_unet()
+    predictor = Predictor(model)
+    image = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)
+    expected = predictor.predict(image)
+    assert predictor.backend == "onnxruntime"
+    for clone in (copy.deepcopy(predictor), pickle.loads(pickle.dumps(predictor))):
+        assert clone.backend == "torch"  # the session stays with the original; the copy counts again
+        np.testing.assert_allclose(clone.predict(image), expected, atol=1e-5)
+        assert clone.backend == "onnxruntime"

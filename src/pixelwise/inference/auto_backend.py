@@ -27,6 +27,7 @@ import ctypes
 import gc
 import importlib.util
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -86,8 +87,23 @@ class SwitchingForward:
         self.onnx: OnnxModel | None = None
         self.pending = True
         self.backend = "torch"
-        self.note = f"torch until {self.switch_pixels:,} pixels have been predicted, then ONNX Runtime"
+        self.note = self._waiting_note()
         self._folder: tempfile.TemporaryDirectory | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        """For copies and pickles: the eager model and the count, not the lock or the ONNX Runtime session (a copy
+        that had switched counts again from zero and makes its own session)."""
+        state = {**self.__dict__, "_lock": None, "onnx": None, "_folder": None}
+        if self.onnx is not None:
+            state.update(pixels=0, pending=True, backend="torch", note=self._waiting_note())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def _waiting_note(self) -> str:
+        return f"torch until {self.switch_pixels:,} pixels have been predicted, then ONNX Runtime"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onnx is not None:
@@ -99,9 +115,11 @@ class SwitchingForward:
                 self._stay_eager(f"ONNX Runtime failed on input {list(x.shape)} ({error})", warn=True)
         logits = self.eager(x)
         if self.pending:
-            self.pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
-            if self.pixels >= self.switch_pixels:
-                self._switch(x, logits)
+            with self._lock:  # a predictor shared by threads (a server) counts each call once and switches once
+                if self.pending:
+                    self.pixels += x.shape[0] * x.shape[-2] * x.shape[-1]
+                    if self.pixels >= self.switch_pixels:
+                        self._switch(x, logits)
         return logits
 
     def _switch(self, x: torch.Tensor, logits: torch.Tensor) -> None:
