@@ -116,13 +116,14 @@ def test_a_bf16_predictor_is_not_switched(monkeypatch):
     predictor = Predictor(model, runtime=RuntimeOptions(precision="bf16", device="cpu"))
     predictor.predict(np.zeros((32, 32, 3), np.float32))
     assert predictor.backend == "torch" and not isinstance(predictor._forward, SwitchingForward)
+    assert "only for a torch module run in fp32 on the CPU" in predictor.backend_note
 
 
 def test_auto_runs_an_onnx_file_without_naming_the_backend(tmp_path):
     model = small_unet()
     export_onnx(model, tmp_path / "model.onnx", sample_size=(32, 32))
     predictor = Predictor(tmp_path / "model.onnx")
-    assert predictor.backend == "onnxruntime"
+    assert predictor.backend == "onnxruntime" and "auto: .onnx files" in predictor.backend_note
     image = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)
     reference = Predictor(model, runtime=RuntimeOptions(backend="torch")).predict(image)
     np.testing.assert_allclose(predictor.predict(image), reference, atol=1e-5)

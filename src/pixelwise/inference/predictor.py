@@ -331,7 +331,14 @@ class Predictor:
     @property
     def backend_note(self) -> str:
         """Why :attr:`backend` is what it is: for ``"auto"``, the switch and its checked difference, or why not."""
-        return getattr(self._forward, "note", f"{self.backend}, as asked")
+        note = getattr(self._forward, "note", None)
+        if note is not None:
+            return note
+        if self.runtime.backend != "auto":
+            return f"{self.backend}, as asked"
+        if self.backend == "onnxruntime":
+            return "onnxruntime (auto: .onnx files and int8 run on ONNX Runtime)"
+        return "torch (auto moves to ONNX Runtime only for a torch module run in fp32 on the CPU, not compiled)"
 
     def with_progress(self, progress: bool = True) -> Predictor:
         """A copy of this predictor that shows (or hides) a progress bar over tiles; this one is unchanged.

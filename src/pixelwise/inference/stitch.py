@@ -83,16 +83,15 @@ def _one_tile(
     """``(row0, scores)`` of an image that one tile covers: the tile's own scores, cropped.
 
     Blending one tile multiplies its scores by the window and divides by the same window (all weights are
-    positive), so this is the blended result without the accumulator (about 25 ms less for 2 classes at
-    512² on a 2-core CPU, measured with cProfile), and without its rounding.
+    positive), so this is the blended result without the window, the accumulator's buffers and its rounding
+    (with NCHW input for ONNX Runtime, the whole-``predict`` overhead at 512² fell from about 25 to 5 ms on a
+    2-core CPU; docs/RESULTS.md).
     """
-    x_lo, x_hi = plan_x.input_span
+    x_lo, x_hi = plan_x.input_span  # one tile: exactly its input window
     y_in = plan_y.starts[0] - plan_y.context
-    band = read_window(source, y_in, y_in + plan_y.tile_in, x_lo, x_hi, options.padding_mode, options.fill)
-    offset = plan_x.starts[0] - plan_x.context - x_lo
+    tile = read_window(source, y_in, y_in + plan_y.tile_in, x_lo, x_hi, options.padding_mode, options.fill)
     with torch.inference_mode():
-        tile = torch.from_numpy(band).to(options.device)[None, :, :, offset : offset + plan_x.tile_in]
-        scores = tile_fn(tile).float()[0]
+        scores = tile_fn(torch.from_numpy(tile)[None].to(options.device)).float()[0]
     lo, hi, dy = _clip(plan_y, 0)
     left, right, dx = _clip(plan_x, 0)
     return lo, scores[:, dy : dy + hi - lo, dx : dx + right - left].cpu().numpy()
