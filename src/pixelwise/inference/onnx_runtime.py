@@ -65,7 +65,7 @@ class OnnxModel:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.log_severity_level = 3  # errors only: the CPU provider's notes on unused optimisers are noise
         # no per-shape memory plan: it kept 700 instead of 400 MB for U-Net-ResNet34 on 4×3×512² tiles at the
-        # same speed (230-234 ms per tile; 1-2 tiles: 0-6 %, within the noise of repeated runs), on a 2-core CPU
+        # same speed (230-234 ms per tile; 1-2 tiles: 0-7 % slower, near the noise of repeated runs), on a 2-core CPU
         options.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
