@@ -11,7 +11,9 @@ run the same network), each contestant a fresh process timed from start to exit:
 - ``pixelwise predict, one at a time``: ``--workers 0 --batch-size 1`` (read, predict, write in turn);
 - with ``--devices 1 2 ...``, also ``pixelwise predict --devices N``: the files shared over N processes
   (Lightning Fabric; N GPUs where there are any, else N CPU processes), with each N's scaling efficiency
-  (images/s over N times the one-process images/s).
+  (images/s over N times the one-process images/s);
+- with ``--precisions bf16 ...``, also ``pixelwise predict --precision P``: faster, not exact, so each such row
+  gets the share of pixels whose label equals the fp32 default's.
 
 Repeats run round-robin (each repeat times every contestant once); the table gives the median ms per image,
 images/s and the speed relative to the plain loop. The last line says whether the pipelined and the
@@ -22,6 +24,7 @@ Usage::
     python benchmarks/folder_predict.py                         # 2,000 × 256² and 200 × 512², 3 repeats
     python benchmarks/folder_predict.py --count 40 --size 256   # a small run
     python benchmarks/folder_predict.py --count 60 --size 256 --devices 1 2   # 1 vs 2 processes
+    python benchmarks/folder_predict.py --count 2000 --size 256 --precisions bf16   # and at bf16
 
 Targets (issue 24) on the 2-core CPU: ≥ 2× the plain loop's images/s at 256², ≥ 1.5× at 512²; ≥ 3× on a GPU.
 segmentation_models_pytorch is a test extra (``pip install -e ".[test]"``).
@@ -106,9 +109,21 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_case(size: int, count: int, repeats: int, work: Path, devices: tuple[int, ...] = ()) -> list[str]:
+def label_agreement(reference: Path, other: Path) -> float:
+    """The share of pixels whose label in ``other`` equals the label in ``reference`` (same file names)."""
+    equal = total = 0
+    for path in sorted(reference.glob("*.png")):
+        expected = np.asarray(Image.open(path))
+        equal += int((np.asarray(Image.open(other / path.name)) == expected).sum())
+        total += expected.size
+    return equal / total
+
+
+def run_case(
+    size: int, count: int, repeats: int, work: Path, devices: tuple[int, ...] = (), precisions: tuple[str, ...] = ()
+) -> list[str]:
     """Table rows for one folder: each contestant's median whole-process ms per image; the last rows say
-    whether outputs agree and how ``--devices`` scales."""
+    whether outputs agree, how ``--devices`` scales and how far other precisions' labels are from fp32's."""
     images = work / f"images_{size}"
     make_images(images, count, size)
     smp_path, saved = make_models(work)
@@ -120,6 +135,9 @@ def run_case(size: int, count: int, repeats: int, work: Path, devices: tuple[int
     }
     for n in devices:
         contestants[f"pixelwise predict --devices {n}"] = lambda out, n=n: [*predict, "--out", out, "--devices", str(n)]
+    for precision in precisions:
+        name = f"pixelwise predict --precision {precision}"
+        contestants[name] = lambda out, p=precision: [*predict, "--out", out, "--precision", p]
     seconds: dict[str, list[float]] = {name: [] for name in contestants}
     for repeat in range(repeats):
         for index, (name, command) in enumerate(contestants.items()):
@@ -133,8 +151,12 @@ def run_case(size: int, count: int, repeats: int, work: Path, devices: tuple[int
             f"{baseline / median:.2f}× |"
         )
     same = filecmp.dircmp(work / f"out_{size}_1_0", work / f"out_{size}_2_0")
-    rows.append(f"pipelined vs one-at-a-time outputs at {size}²: {len(same.diff_files)} of {count} label files differ")
-    return rows + scaling_notes(size, seconds, devices)
+    notes = [f"pipelined vs one-at-a-time outputs at {size}²: {len(same.diff_files)} of {count} label files differ"]
+    first_extra = 3 + len(devices)  # the contestants' order: plain, default, one at a time, devices, precisions
+    for offset, precision in enumerate(precisions):
+        agreement = label_agreement(work / f"out_{size}_1_0", work / f"out_{size}_{first_extra + offset}_0")
+        notes.append(f"--precision {precision} at {size}²: {agreement:.4%} of pixels get the fp32 default's label")
+    return rows + notes + scaling_notes(size, seconds, devices)
 
 
 def scaling_notes(size: int, seconds: dict[str, list[float]], devices: tuple[int, ...]) -> list[str]:
@@ -156,6 +178,9 @@ def main() -> None:
     parser.add_argument(
         "--devices", type=int, nargs="+", default=(), help="also time `pixelwise predict --devices N` for each N"
     )
+    parser.add_argument(
+        "--precisions", nargs="+", default=(), help="also time `pixelwise predict --precision P` for each P (e.g. bf16)"
+    )
     parser.add_argument("--plain-loop", nargs=3, metavar=("MODEL", "IMAGES", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_loop:
@@ -168,8 +193,8 @@ def main() -> None:
     notes = []
     with tempfile.TemporaryDirectory(prefix="pixelwise-folder-") as tmp:
         for size, count in cases:
-            rows = run_case(size, count, args.repeats, Path(tmp), tuple(args.devices))
-            split = len(rows) - 1 - len(args.devices)
+            rows = run_case(size, count, args.repeats, Path(tmp), tuple(args.devices), tuple(args.precisions))
+            split = len(rows) - 1 - len(args.devices) - len(args.precisions)
             lines += rows[:split]
             notes += rows[split:]
     print("\n".join([*lines, "", *notes]))

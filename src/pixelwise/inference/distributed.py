@@ -22,16 +22,17 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
-from lightning.fabric import Fabric
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from pixelwise.errors import ConfigError
 from pixelwise.inference.pipeline import DEFAULT_WORKERS, FolderReport, predict_folder
 from pixelwise.inference.predictor import check_device, check_int
 from pixelwise.io import remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
 
 DEFAULT_STRATEGY = "ddp"
 """One process per device, the others started by running the command again (torchrun / srun: by them)."""
@@ -156,6 +157,10 @@ def predict_folder_distributed(
     check_launched_world(devices, num_nodes)
     if workers is None:
         workers = DEFAULT_WORKERS // devices
+    # imported here, not at the top: Lightning adds about 2 s to the start of every `pixelwise predict`
+    from lightning.fabric import Fabric
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         fabric = Fabric(accelerator=accelerator_for(device), devices=devices, num_nodes=num_nodes, strategy=strategy)
     except (ValueError, RuntimeError, MisconfigurationException) as error:
